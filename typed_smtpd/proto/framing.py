@@ -1,0 +1,304 @@
+"""The receive buffer: turns the bytes of one connection into framed events.
+
+:class:`Receiver` holds what the client sent and not yet consumed, and is told by the engine what
+it is reading now: command lines, one SASL response line, DATA content up to ``CRLF.CRLF``, or
+exactly *n* octets of a BDAT chunk. :meth:`Receiver.next_event` returns the next complete event
+or :data:`NEED_DATA`. Memory is bounded in every mode: over-long lines and over-size content are
+discarded as they arrive, and only their reply is kept.
+
+Only ``CRLF . CRLF`` ends DATA: no other sequence (``LF . LF``, ``CR . CR``, ...) ever does, so no
+smuggled message can start inside content.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Final
+
+from typed_smtpd.proto.limits import BareNewlinePolicy
+from typed_smtpd.proto.replies import (
+    AUTH_LINE_TOO_LONG,
+    BAD_LINE_ENDING,
+    COMMAND_TOO_LONG,
+    DATA_TOO_LARGE,
+    NOT_ASCII,
+    NUL_IN_COMMAND,
+    Reply,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "BadLine",
+    "ChunkDone",
+    "DataDone",
+    "Event",
+    "Line",
+    "Mode",
+    "Receiver",
+]
+
+_TERMINATOR: Final = b"\r\n.\r\n"
+
+
+class Mode(Enum):
+    """What the receiver is reading."""
+
+    COMMAND = auto()
+    SASL = auto()
+    DATA = auto()
+    BDAT = auto()
+
+
+class _NeedData(Enum):
+    NEED_DATA = auto()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by :meth:`Receiver.next_event` when the buffer holds no complete event.
+NEED_DATA: Final = _NeedData.NEED_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A complete command (or SASL) line, CRLF removed, decoded (UTF-8 with surrogateescape)."""
+
+    text: str
+    #: Its length on the wire, CRLF included (for per-verb limits).
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that cannot be a command: too long, bare CR/LF, NUL, or 8-bit without SMTPUTF8."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class DataDone:
+    """DATA content complete: the raw bytes before ``CRLF.CRLF`` (CRLF of the last line kept,
+    still dot-stuffed), or ``None`` with ``error`` when it exceeded the size cap."""
+
+    raw: bytes | None
+    error: Reply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDone:
+    """A BDAT chunk complete; ``data`` is ``None`` when the chunk was read and discarded."""
+
+    data: bytes | None
+
+
+Event = Line | BadLine | DataDone | ChunkDone
+
+
+class Receiver:
+    """The framing state of one connection.
+
+    >>> r = Receiver(max_line=512)
+    >>> r.receive_data(b"EHLO client.example\\r\\nMAIL FROM:<a@b.c>\\r\\n")
+    >>> r.next_event()
+    Line(text='EHLO client.example', size=21)
+    >>> r.next_event()
+    Line(text='MAIL FROM:<a@b.c>', size=19)
+    >>> r.next_event()
+    NEED_DATA
+    """
+
+    __slots__ = (
+        "_at_data_start",
+        "_buf",
+        "_data_limit",
+        "_discarded",
+        "_discarding",
+        "_mode",
+        "_remaining",
+        "_sasl_limit",
+        "_scan",
+        "max_line",
+        "policy",
+        "utf8",
+    )
+
+    def __init__(
+        self, *, max_line: int, policy: BareNewlinePolicy = "reject", utf8: bool = False
+    ) -> None:
+        self._buf = bytearray()
+        self._mode = Mode.COMMAND
+        self._discarding = False
+        self._discarded = False
+        self._scan = 0
+        self._at_data_start = False
+        self._data_limit: int | None = None
+        self._remaining = 0
+        self._sasl_limit = max_line
+        #: The longest command line accepted, CRLF included.
+        self.max_line = max_line
+        self.policy: BareNewlinePolicy = policy
+        #: Whether 8-bit command lines are allowed (SMTPUTF8 enabled).
+        self.utf8 = utf8
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes received from the client."""
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """How many received octets are waiting to be consumed."""
+        return len(self._buf)
+
+    @property
+    def mode(self) -> Mode:
+        """What is being read now."""
+        return self._mode
+
+    def peek(self) -> bytes:
+        """The unconsumed bytes (for the PROXY header, read before any framing)."""
+        return bytes(self._buf)
+
+    def consume(self, count: int) -> None:
+        """Drop ``count`` octets from the front of the buffer."""
+        del self._buf[:count]
+
+    def clear(self) -> None:
+        """Discard everything buffered (STARTTLS: bytes pipelined after it must not be used)."""
+        self._buf.clear()
+        self._scan = 0
+
+    # --- mode switches --------------------------------------------------------------------------
+
+    def start_sasl(self, max_line: int) -> None:
+        """Read one SASL response line of at most ``max_line`` octets, then return to commands."""
+        self._mode = Mode.SASL
+        self._sasl_limit = max_line
+
+    def start_data(self, size_limit: int | None) -> None:
+        """Read DATA content up to ``CRLF.CRLF``; more than ``size_limit`` raw octets is refused."""
+        self._mode = Mode.DATA
+        self._data_limit = size_limit
+        self._scan = 0
+        self._at_data_start = True
+        self._discarded = False
+
+    def start_bdat(self, size: int, *, discard: bool = False) -> None:
+        """Read exactly ``size`` octets of a BDAT chunk (dropping them as they come if ``discard``)."""
+        self._mode = Mode.BDAT
+        self._remaining = size
+        self._discarded = discard
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def next_event(self) -> Event | _NeedData:
+        """The next complete event, or :data:`NEED_DATA`."""
+        mode = self._mode
+        if mode is Mode.COMMAND:
+            return self._next_line(self.max_line, COMMAND_TOO_LONG)
+        if mode is Mode.DATA:
+            return self._next_data()
+        if mode is Mode.BDAT:
+            return self._next_chunk()
+        event = self._next_line(self._sasl_limit, AUTH_LINE_TOO_LONG)
+        if event is not NEED_DATA:
+            self._mode = Mode.COMMAND
+        return event
+
+    def _next_line(self, limit: int, too_long: Reply) -> Event | _NeedData:
+        buf = self._buf
+        end = buf.find(b"\n")
+        if end < 0:
+            if len(buf) > limit:
+                # Keep nothing of an over-long line: read on until its end, then refuse it.
+                self._discarding = True
+                buf.clear()
+            return NEED_DATA
+        if self._discarding:
+            self._discarding = False
+            del buf[: end + 1]
+            return BadLine(too_long)
+        size = end + 1
+        if size > limit:
+            del buf[:size]
+            return BadLine(too_long)
+        raw = bytes(buf[:end])
+        del buf[:size]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        elif self.policy == "reject":
+            return BadLine(BAD_LINE_ENDING)
+        if b"\x00" in raw:
+            return BadLine(NUL_IN_COMMAND)
+        if b"\r" in raw:
+            if self.policy == "reject":
+                return BadLine(BAD_LINE_ENDING)
+            if self.policy == "normalize":
+                raw = raw.replace(b"\r", b"")
+        if raw.isascii():
+            return Line(raw.decode("ascii"), size)
+        if not self.utf8:
+            return BadLine(NOT_ASCII)
+        return Line(raw.decode("utf-8", "surrogateescape"), size)
+
+    def _next_data(self) -> Event | _NeedData:
+        buf = self._buf
+        if self._at_data_start:
+            # The CRLF before the first line is the one that ended "DATA": an empty message
+            # is ".CRLF" straight away.
+            if len(buf) < 3:
+                if b".\r\n".startswith(bytes(buf)):
+                    return NEED_DATA
+                self._at_data_start = False
+            elif buf.startswith(b".\r\n"):
+                del buf[:3]
+                return self._finish_data(b"")
+            else:
+                self._at_data_start = False
+        end = buf.find(_TERMINATOR, max(self._scan - 4, 0))
+        if end < 0:
+            self._scan = len(buf)
+            limit = self._data_limit
+            if limit is not None and len(buf) > limit + 3:
+                # Over the cap: keep only a tail long enough to hold a split terminator.
+                self._discarded = True
+                del buf[:-4]
+                self._scan = len(buf)
+            return NEED_DATA
+        raw = bytes(buf[: end + 2])
+        del buf[: end + 5]
+        return self._finish_data(raw)
+
+    def _finish_data(self, raw: bytes) -> DataDone:
+        self._mode = Mode.COMMAND
+        self._scan = 0
+        limit = self._data_limit
+        # The cap counts raw octets on the wire, dot-stuffing included.
+        if self._discarded or (limit is not None and len(raw) > limit):
+            self._discarded = False
+            return DataDone(None, DATA_TOO_LARGE)
+        return DataDone(raw)
+
+    def _next_chunk(self) -> Event | _NeedData:
+        buf = self._buf
+        remaining = self._remaining
+        if self._discarded:
+            taken = min(remaining, len(buf))
+            del buf[:taken]
+            self._remaining = remaining = remaining - taken
+            if remaining:
+                return NEED_DATA
+            self._mode = Mode.COMMAND
+            self._discarded = False
+            return ChunkDone(None)
+        if len(buf) < remaining:
+            return NEED_DATA
+        chunk = bytes(buf[:remaining])
+        del buf[:remaining]
+        self._mode = Mode.COMMAND
+        return ChunkDone(chunk)

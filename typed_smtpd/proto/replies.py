@@ -1,0 +1,239 @@
+"""Reply values and the one catalogue of every reply the server sends on its own.
+
+A :class:`Reply` renders itself to wire bytes, with or without its RFC 3463 enhanced status code
+(clients that greeted with EHLO get the enhanced form, as ENHANCEDSTATUSCODES is advertised to
+them). Reply text is checked at construction so no CR, LF or NUL can ever reach the wire through a
+reply: a reply cannot inject a second reply.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "AUTH_ABORTED",
+    "AUTH_ALREADY",
+    "AUTH_BAD_BASE64",
+    "AUTH_CANT_SPLIT",
+    "AUTH_ENCRYPTION_REQUIRED",
+    "AUTH_FAILED",
+    "AUTH_LINE_TOO_LONG",
+    "AUTH_NOT_ENOUGH_VALUE",
+    "AUTH_NO_MECHANISM",
+    "AUTH_REQUIRED",
+    "AUTH_SUCCESS",
+    "AUTH_TOO_MANY_FAILURES",
+    "AUTH_TOO_MANY_VALUES",
+    "BAD_LINE_ENDING",
+    "BAD_SYNTAX",
+    "BDAT_AFTER_DATA",
+    "BDAT_BAD_SIZE",
+    "BYE",
+    "CANNOT_VRFY",
+    "COMMAND_TOO_LONG",
+    "DATA_BAD_LINE_ENDING",
+    "DATA_LINE_TOO_LONG",
+    "DATA_TOO_LARGE",
+    "DECODE_ERROR",
+    "DUPLICATE_HELO",
+    "ENTER_DATA",
+    "EXPN_NOT_IMPLEMENTED",
+    "HELLO_FIRST",
+    "INTERNAL_ERROR",
+    "LHLO_ONLY",
+    "MAIL_BAD_BODY",
+    "MAIL_NESTED",
+    "MAIL_PARAM_UNRECOGNIZED",
+    "MAIL_SIZE_TOO_LARGE",
+    "MAIL_SMTPUTF8_DISABLED",
+    "MAIL_SMTPUTF8_VALUE",
+    "MALFORMED_ADDRESS",
+    "NEED_MAIL",
+    "NEED_RCPT",
+    "NOT_ASCII",
+    "NUL_IN_COMMAND",
+    "OK",
+    "RCPT_PARAM_UNRECOGNIZED",
+    "READY_FOR_TLS",
+    "SECURITY_REFUSED",
+    "SHUTTING_DOWN",
+    "STARTTLS_FIRST",
+    "TIMEOUT",
+    "TLS_ALREADY_ACTIVE",
+    "TLS_NOT_AVAILABLE",
+    "TOO_MANY_CONNECTIONS",
+    "TOO_MANY_RECIPIENTS",
+    "TOO_MANY_UNRECOGNIZED",
+    "Reply",
+    "ReplyClass",
+    "call_limit_exceeded",
+    "greeting",
+    "syntax",
+    "unrecognized",
+]
+
+_ENHANCED: Final = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+class ReplyClass:
+    """The first digit of a reply code, as RFC 5321 section 4.2.1 reads it."""
+
+    POSITIVE_COMPLETION: Final = 2
+    POSITIVE_INTERMEDIATE: Final = 3
+    TRANSIENT_NEGATIVE: Final = 4
+    PERMANENT_NEGATIVE: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One server reply: a three-digit code, an optional enhanced code and a single line of text.
+
+    >>> Reply(250, "OK", "2.0.0").render(enhanced=True)
+    b'250 2.0.0 OK\\r\\n'
+    >>> Reply(250, "OK", "2.0.0").render(enhanced=False)
+    b'250 OK\\r\\n'
+    """
+
+    code: int
+    text: str = "OK"
+    enhanced: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"reply code out of range: {self.code}")
+        if "\r" in self.text or "\n" in self.text or "\x00" in self.text:
+            raise ValueError("reply text must not contain CR, LF or NUL")
+        if self.enhanced is not None:
+            if not _ENHANCED.fullmatch(self.enhanced):
+                raise ValueError(f"malformed enhanced status code: {self.enhanced!r}")
+            if int(self.enhanced[0]) != self.code // 100:
+                raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
+
+    @property
+    def positive(self) -> bool:
+        """True for 2xx and 3xx replies."""
+        return self.code < 400
+
+    def line(self, *, enhanced: bool = True) -> str:
+        """The reply as one line of text, without CRLF."""
+        if enhanced and self.enhanced is not None:
+            return f"{self.code} {self.enhanced} {self.text}"
+        return f"{self.code} {self.text}"
+
+    def render(self, *, enhanced: bool = True) -> bytes:
+        """The reply as wire bytes, CRLF included (UTF-8: reply text is ASCII in practice)."""
+        return (self.line(enhanced=enhanced) + "\r\n").encode("utf-8")
+
+    def with_text(self, text: str) -> Reply:
+        """The same codes with other text."""
+        return Reply(self.code, text, self.enhanced)
+
+
+# --- connection level ---------------------------------------------------------------------------
+
+
+def greeting(hostname: str, ident: str) -> Reply:
+    """The 220 greeting sent when a client connects."""
+    return Reply(220, f"{hostname} {ident}")
+
+
+BYE: Final = Reply(221, "Bye", "2.0.0")
+TIMEOUT: Final = Reply(421, "Error: timeout exceeded", "4.4.2")
+SHUTTING_DOWN: Final = Reply(421, "Service shutting down, closing connection", "4.3.2")
+TOO_MANY_CONNECTIONS: Final = Reply(421, "Too many connections, try again later", "4.7.0")
+TOO_MANY_UNRECOGNIZED: Final = Reply(421, "Too many unrecognized commands, goodbye.", "4.7.0")
+#: Exception text never reaches the client: this is all it learns (DESIGN "Errors never leak").
+INTERNAL_ERROR: Final = Reply(451, "Requested action aborted: local error in processing", "4.3.0")
+
+# --- generic ------------------------------------------------------------------------------------
+
+OK: Final = Reply(250, "OK", "2.0.0")
+BAD_SYNTAX: Final = Reply(500, "Error: bad syntax", "5.5.2")
+COMMAND_TOO_LONG: Final = Reply(500, "Command line too long", "5.5.2")
+NOT_ASCII: Final = Reply(500, "Error: strict ASCII mode", "5.5.2")
+NUL_IN_COMMAND: Final = Reply(500, "Error: NUL character in command", "5.5.2")
+BAD_LINE_ENDING: Final = Reply(500, "Error: bare CR or LF in command; lines must end with CRLF", "5.5.2")
+HELLO_FIRST: Final = Reply(503, "Error: send HELO first", "5.5.1")
+DUPLICATE_HELO: Final = Reply(503, "Error: duplicate HELO", "5.5.1")
+EXPN_NOT_IMPLEMENTED: Final = Reply(502, "EXPN not implemented", "5.5.1")
+CANNOT_VRFY: Final = Reply(
+    252, "Cannot VRFY user, but will accept message and attempt delivery", "2.0.0"
+)
+LHLO_ONLY: Final = Reply(500, "Error: this is an LMTP server; use LHLO", "5.5.1")
+
+
+def syntax(usage: str) -> Reply:
+    """501: the command's arguments do not follow ``usage``."""
+    return Reply(501, f"Syntax: {usage}", "5.5.4")
+
+
+def unrecognized(verb: str) -> Reply:
+    """500: an unknown command (the verb is echoed only when it is printable ASCII)."""
+    shown = verb if verb.isascii() and verb.isprintable() and len(verb) <= 32 else "?"
+    return Reply(500, f'Error: command "{shown}" not recognized', "5.5.1")
+
+
+def call_limit_exceeded(verb: str) -> Reply:
+    """421: a command was sent more often than ``command_call_limit`` allows."""
+    return Reply(421, f"{verb} sent too many times", "4.7.0")
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+READY_FOR_TLS: Final = Reply(220, "Ready to start TLS", "2.0.0")
+TLS_NOT_AVAILABLE: Final = Reply(454, "TLS not available", "4.7.0")
+TLS_ALREADY_ACTIVE: Final = Reply(503, "Error: TLS already active", "5.5.1")
+STARTTLS_FIRST: Final = Reply(530, "Must issue a STARTTLS command first", "5.7.0")
+SECURITY_REFUSED: Final = Reply(554, "Command refused due to lack of security", "5.7.0")
+
+# --- AUTH (RFC 4954) ----------------------------------------------------------------------------
+
+AUTH_SUCCESS: Final = Reply(235, "Authentication successful", "2.7.0")
+AUTH_REQUIRED: Final = Reply(530, "Authentication required", "5.7.0")
+AUTH_ALREADY: Final = Reply(503, "Already authenticated", "5.5.1")
+AUTH_FAILED: Final = Reply(535, "Authentication credentials invalid", "5.7.8")
+AUTH_NO_MECHANISM: Final = Reply(504, "Unrecognized authentication type", "5.5.4")
+AUTH_ENCRYPTION_REQUIRED: Final = Reply(
+    538, "Encryption required for requested authentication mechanism", "5.7.11"
+)
+AUTH_ABORTED: Final = Reply(501, "Auth aborted", "5.7.0")
+AUTH_BAD_BASE64: Final = Reply(501, "Can't decode base64", "5.5.2")
+AUTH_CANT_SPLIT: Final = Reply(501, "Can't split auth value", "5.5.2")
+AUTH_NOT_ENOUGH_VALUE: Final = Reply(501, "Not enough value", "5.5.2")
+AUTH_TOO_MANY_VALUES: Final = Reply(501, "Too many values", "5.5.2")
+AUTH_LINE_TOO_LONG: Final = Reply(500, "Authentication exchange line is too long", "5.5.6")
+AUTH_TOO_MANY_FAILURES: Final = Reply(421, "Too many authentication failures", "4.7.0")
+
+# --- transaction --------------------------------------------------------------------------------
+
+MALFORMED_ADDRESS: Final = Reply(553, "Error: malformed address", "5.1.3")
+MAIL_NESTED: Final = Reply(503, "Error: nested MAIL command", "5.5.1")
+MAIL_BAD_BODY: Final = Reply(501, "Error: BODY can only be one of 7BIT, 8BITMIME", "5.5.4")
+MAIL_SMTPUTF8_VALUE: Final = Reply(501, "Error: SMTPUTF8 takes no arguments", "5.5.4")
+MAIL_SMTPUTF8_DISABLED: Final = Reply(501, "Error: SMTPUTF8 disabled", "5.5.4")
+MAIL_SIZE_TOO_LARGE: Final = Reply(
+    552, "Error: message size exceeds fixed maximum message size", "5.3.4"
+)
+MAIL_PARAM_UNRECOGNIZED: Final = Reply(
+    555, "MAIL FROM parameters not recognized or not implemented", "5.5.4"
+)
+RCPT_PARAM_UNRECOGNIZED: Final = Reply(
+    555, "RCPT TO parameters not recognized or not implemented", "5.5.4"
+)
+NEED_MAIL: Final = Reply(503, "Error: need MAIL command", "5.5.1")
+NEED_RCPT: Final = Reply(503, "Error: need RCPT command", "5.5.1")
+#: RFC 5321 section 4.5.3.1.10: "too many recipients" is 452, which clients retry.
+TOO_MANY_RECIPIENTS: Final = Reply(452, "Error: too many recipients", "4.5.3")
+ENTER_DATA: Final = Reply(354, "End data with <CR><LF>.<CR><LF>")
+DATA_TOO_LARGE: Final = Reply(552, "Error: Too much mail data", "5.3.4")
+DATA_LINE_TOO_LONG: Final = Reply(500, "Line too long (see RFC5321 4.5.3.1.6)", "5.5.2")
+DATA_BAD_LINE_ENDING: Final = Reply(
+    550, "Error: message contains bare CR, bare LF or NUL; lines must end with CRLF", "5.6.0"
+)
+DECODE_ERROR: Final = Reply(500, "Error: strict ASCII mode", "5.6.0")
+BDAT_BAD_SIZE: Final = Reply(501, "Syntax: BDAT <chunk-size> [LAST]", "5.5.4")
+BDAT_AFTER_DATA: Final = Reply(503, "Error: BDAT and DATA cannot be mixed", "5.5.1")
