@@ -1,0 +1,143 @@
+"""Development tasks for typed_smtpd: lint, type checks, tests on every Python, docs.
+
+``nox`` alone runs the default sessions (lint, typecheck, tests on 3.10 to 3.13, docs); that is
+also what CI runs. ``nox -s fuzz`` and ``nox -s bench`` run on demand. Every session builds a plain
+``venv`` with pip, so nothing beyond the Python interpreters themselves has to be installed first.
+
+This file holds task wiring only: test settings live in ``pyproject.toml`` and ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import nox
+
+nox.needs_version = ">=2024.3.2"
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+if os.environ.get("CI"):
+    # A Python version missing on a CI machine is a broken machine, not a reason to skip.
+    nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+TYPECHECK_PYTHON = "3.11"
+
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-xdist", "hypothesis>=6.100"]
+INTEROP_DEPS = ["aiosmtplib", "trustme"]
+DOCS_DEPS = ["sphinx>=7.2", "furo"]
+LINT_TARGETS = ["typed_smtpd", "tests", "bench", "noxfile.py", "docs/conf.py"]
+
+
+def _hypothesis_env(default_profile: str) -> dict[str, str]:
+    """The environment for a test run: the given Hypothesis profile unless the caller chose one."""
+    return {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", default_profile)}
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite on one Python version, in parallel (pytest-xdist)."""
+    session.install("-e", ".")
+    session.install(*TEST_DEPS, *INTEROP_DEPS)
+    session.run("pytest", "-n", "auto", *session.posargs, env=_hypothesis_env("ci"))
+
+
+@nox.session(python=TYPECHECK_PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Run mypy --strict and require a 100% pyright type-completeness score for the public API."""
+    session.install("-e", ".")
+    session.install("mypy", "pyright[nodejs]", *TEST_DEPS, *INTEROP_DEPS)
+    # Files and options come from [tool.mypy] in pyproject.toml; the type tests of tests/typing
+    # are added to the run once that directory holds any.
+    if any((ROOT / "tests" / "typing").rglob("*.py")):
+        session.run("mypy", "--strict", *session.posargs)
+    else:
+        session.run("mypy", "--strict", "typed_smtpd", *session.posargs)
+
+    # pyright exits 1 both for an incomplete API and for errors: read its report to say which, and
+    # to list every exported symbol whose type is unknown or ambiguous.
+    output = session.run(
+        "pyright",
+        "--verifytypes",
+        "typed_smtpd",
+        "--ignoreexternal",
+        "--outputjson",
+        silent=True,
+        success_codes=[0, 1],
+    )
+    if not isinstance(output, str):
+        session.error("pyright --verifytypes produced no output")
+    _check_type_completeness(session, output)
+
+
+def _check_type_completeness(session: nox.Session, output: str) -> None:
+    """Fail the session unless pyright's completeness score is exactly 1.0; list what is missing."""
+    try:
+        report: dict[str, Any] = json.loads(output)
+    except json.JSONDecodeError:
+        session.error(f"could not parse pyright's JSON output:\n{output}")
+    completeness = report.get("typeCompleteness") or {}
+    score = completeness.get("completenessScore")
+    if score is None:
+        session.error(f"pyright reported no completeness score:\n{output}")
+    incomplete = [
+        symbol
+        for symbol in completeness.get("symbols", [])
+        if symbol.get("isExported")
+        and (not symbol.get("isTypeKnown", True) or symbol.get("isTypeAmbiguous", False))
+    ]
+    for symbol in incomplete:
+        session.log(f"incompletely typed: {symbol.get('name')}")
+        for diagnostic in symbol.get("diagnostics", []):
+            message = " ".join(diagnostic.get("message", "").split())
+            session.log(f"    {diagnostic.get('file', '')}: {message}")
+    for diagnostic in report.get("generalDiagnostics", []):
+        if diagnostic.get("severity") == "error":
+            session.log(f"pyright: {diagnostic.get('message', '').strip()}")
+    if score != 1.0:
+        session.error(f"type completeness is {score:.2%}, must be 100%")
+    session.log("type completeness: 100%")
+
+
+@nox.session(python=TYPECHECK_PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check the code with ruff, both the linter and the formatter."""
+    session.install("ruff")
+    targets = [target for target in LINT_TARGETS if (ROOT / target).exists()]
+    session.run("ruff", "check", *targets)
+    session.run("ruff", "format", "--check", *targets)
+
+
+@nox.session(python=TYPECHECK_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs with warnings as errors, run their doctests, check internal links."""
+    session.install("-e", ".")
+    session.install(*DOCS_DEPS, "hypothesis>=6.100")
+    build = Path("docs", "_build")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(build / "html"), "-q"
+    )
+    session.run("sphinx-build", "-W", "-b", "doctest", "docs", str(build / "doctest"), "-q")
+    # conf.py ignores every http(s) URL, so only links inside the docs are checked (no network).
+    session.run("sphinx-build", "-W", "-b", "linkcheck", "docs", str(build / "linkcheck"), "-q")
+
+
+@nox.session(python=TYPECHECK_PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Run the property tests with many more examples (the 'fuzz' Hypothesis profile)."""
+    session.install("-e", ".")
+    session.install(*TEST_DEPS, *INTEROP_DEPS)
+    target = "tests/fuzz" if (ROOT / "tests" / "fuzz").is_dir() else "tests"
+    args = session.posargs or [target, "-m", "not integration", "-n", "auto"]
+    session.run("pytest", *args, env=_hypothesis_env("fuzz"))
+
+
+@nox.session(python=TYPECHECK_PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks against aiosmtpd (see bench/run.py for its options)."""
+    session.install(".", "aiosmtpd", "aiosmtplib")
+    session.run("python", "bench/run.py", *session.posargs)
