@@ -4,7 +4,7 @@
 also what CI runs. ``nox -s fuzz`` and ``nox -s bench`` run on demand. Every session builds a plain
 ``venv`` with pip, so nothing beyond the Python interpreters themselves has to be installed first.
 
-This file holds task wiring only: test settings live in ``pyproject.toml`` and ``tests/conftest.py``.
+Only task wiring lives here; test settings are in ``pyproject.toml`` and ``tests/conftest.py``.
 """
 
 from __future__ import annotations
