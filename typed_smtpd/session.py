@@ -1,4 +1,4 @@
-"""Per-connection and per-transaction state: :class:`Session`, :class:`Envelope` and the AUTH values.
+"""Per-connection and per-transaction state: :class:`Session`, :class:`Envelope`, AUTH values.
 
 These are the objects every handler hook receives. They are mutable dataclasses owned by the
 :class:`~typed_smtpd.smtp.SMTP` instance of one connection; hooks may read and change them, and may
@@ -11,12 +11,14 @@ Nothing in this module does I/O.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from typed_smtpd.proxy_protocol import ProxyData
@@ -25,6 +27,7 @@ __all__ = [
     "MISSING",
     "AuthResult",
     "BodyType",
+    "CramMD5Response",
     "Envelope",
     "LoginPassword",
     "PeerType",
@@ -37,7 +40,7 @@ log = logging.getLogger("mail.log")
 
 #: The peer of a connection: ``(host, port)`` (or the 4-tuple of IPv6) for TCP, a path for Unix
 #: sockets, ``None`` before the connection is made.
-PeerType = Union[tuple[Any, ...], str, None]
+PeerType = tuple[Any, ...] | str | None
 
 #: The values of the ``BODY=`` MAIL parameter (RFC 6152, RFC 3030).
 BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
@@ -90,6 +93,25 @@ class AuthResult:
     handled: bool = True
     message: str | None = None
     auth_data: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CramMD5Response:
+    """What a client answered to a CRAM-MD5 challenge (RFC 2195).
+
+    An authenticator cannot read a password from it; it checks one with :meth:`verify`.
+    """
+
+    login: bytes
+    challenge: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+    def verify(self, password: bytes | str) -> bool:
+        """Whether ``password`` produces the client's digest (compared in constant time)."""
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        expected = hmac.new(password, self.challenge, hashlib.md5).hexdigest().encode("ascii")
+        return hmac.compare_digest(expected, self.digest.lower())
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,9 @@ _ATEXT: Final = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]"
 _DOT_STRING: Final = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _QUOTED_STRING: Final = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
 _LOCAL_PART: Final = rf"(?:{_DOT_STRING}|{_QUOTED_STRING})"
-_LABEL: Final = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_LABEL: Final = (
+    r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+)
 _DOMAIN: Final = rf"{_LABEL}(?:\.{_LABEL})*"
 _ADDRESS_LITERAL: Final = r"\[[^\[\]\\\s]+\]"
 _MAILBOX: Final = rf"{_LOCAL_PART}@(?:{_DOMAIN}|{_ADDRESS_LITERAL})"

@@ -51,9 +51,7 @@ def dot_stuff(content: bytes) -> bytes:
 def has_bare_newline_or_nul(content: bytes) -> bool:
     """True when ``content`` holds a CR not followed by LF, an LF not preceded by CR, or a NUL."""
     crlf = content.count(b"\r\n")
-    return (
-        content.count(b"\n") != crlf or content.count(b"\r") != crlf or b"\x00" in content
-    )
+    return content.count(b"\n") != crlf or content.count(b"\r") != crlf or b"\x00" in content
 
 
 def apply_newline_policy(content: bytes, policy: BareNewlinePolicy) -> bytes | None:
@@ -85,7 +83,10 @@ def process_content(
     checked = apply_newline_policy(raw, policy)
     if checked is None:
         return DATA_BAD_LINE_ENDING
-    if line_length_limit is not None and len(checked) > line_length_limit:
-        if longest_line(checked) > line_length_limit:
-            return DATA_LINE_TOO_LONG
+    if (
+        line_length_limit is not None
+        and len(checked) > line_length_limit
+        and longest_line(checked) > line_length_limit
+    ):
+        return DATA_LINE_TOO_LONG
     return dot_unstuff(checked) if unstuff else checked

@@ -189,7 +189,7 @@ class Receiver:
         self._discarded = False
 
     def start_bdat(self, size: int, *, discard: bool = False) -> None:
-        """Read exactly ``size`` octets of a BDAT chunk (dropping them as they come if ``discard``)."""
+        """Read exactly ``size`` octets of a BDAT chunk (dropped as they come if ``discard``)."""
         self._mode = Mode.BDAT
         self._remaining = size
         self._discarded = discard

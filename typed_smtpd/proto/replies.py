@@ -47,6 +47,7 @@ __all__ = [
     "LHLO_ONLY",
     "MAIL_BAD_BODY",
     "MAIL_NESTED",
+    "MAIL_OK",
     "MAIL_PARAM_UNRECOGNIZED",
     "MAIL_SIZE_TOO_LARGE",
     "MAIL_SMTPUTF8_DISABLED",
@@ -54,9 +55,11 @@ __all__ = [
     "MALFORMED_ADDRESS",
     "NEED_MAIL",
     "NEED_RCPT",
+    "NEED_UTF8",
     "NOT_ASCII",
     "NUL_IN_COMMAND",
     "OK",
+    "RCPT_OK",
     "RCPT_PARAM_UNRECOGNIZED",
     "READY_FOR_TLS",
     "SECURITY_REFUSED",
@@ -152,11 +155,15 @@ INTERNAL_ERROR: Final = Reply(451, "Requested action aborted: local error in pro
 # --- generic ------------------------------------------------------------------------------------
 
 OK: Final = Reply(250, "OK", "2.0.0")
+MAIL_OK: Final = Reply(250, "OK", "2.1.0")
+RCPT_OK: Final = Reply(250, "OK", "2.1.5")
 BAD_SYNTAX: Final = Reply(500, "Error: bad syntax", "5.5.2")
 COMMAND_TOO_LONG: Final = Reply(500, "Command line too long", "5.5.2")
 NOT_ASCII: Final = Reply(500, "Error: strict ASCII mode", "5.5.2")
 NUL_IN_COMMAND: Final = Reply(500, "Error: NUL character in command", "5.5.2")
-BAD_LINE_ENDING: Final = Reply(500, "Error: bare CR or LF in command; lines must end with CRLF", "5.5.2")
+BAD_LINE_ENDING: Final = Reply(
+    500, "Error: bare CR or LF in command; lines must end with CRLF", "5.5.2"
+)
 HELLO_FIRST: Final = Reply(503, "Error: send HELO first", "5.5.1")
 DUPLICATE_HELO: Final = Reply(503, "Error: duplicate HELO", "5.5.1")
 EXPN_NOT_IMPLEMENTED: Final = Reply(502, "EXPN not implemented", "5.5.1")
@@ -224,6 +231,8 @@ MAIL_PARAM_UNRECOGNIZED: Final = Reply(
 RCPT_PARAM_UNRECOGNIZED: Final = Reply(
     555, "RCPT TO parameters not recognized or not implemented", "5.5.4"
 )
+#: RFC 6531 section 3.4: a non-ASCII address needs the SMTPUTF8 MAIL parameter.
+NEED_UTF8: Final = Reply(553, "Error: non-ASCII address requires SMTPUTF8", "5.6.7")
 NEED_MAIL: Final = Reply(503, "Error: need MAIL command", "5.5.1")
 NEED_RCPT: Final = Reply(503, "Error: need RCPT command", "5.5.1")
 #: RFC 5321 section 4.5.3.1.10: "too many recipients" is 452, which clients retry.

@@ -147,9 +147,7 @@ def sequence_error(state: State, verb: Verb) -> Reply:
     return BAD_SEQUENCE
 
 
-def state_of(
-    *, greeted: bool, has_sender: bool, recipients: int, in_bdat: bool = False
-) -> State:
+def state_of(*, greeted: bool, has_sender: bool, recipients: int, in_bdat: bool = False) -> State:
     """Read the state off what the session and envelope record."""
     if not greeted:
         return _GREETED

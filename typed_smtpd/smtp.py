@@ -1,0 +1,1619 @@
+"""The SMTP server: one :class:`SMTP` instance per client connection.
+
+:class:`SMTP` is an :class:`asyncio.Protocol`. Bytes from the transport go into the sans-IO
+:class:`~typed_smtpd.proto.framing.Receiver`; one task per connection takes framed events out and
+runs the ``smtp_<VERB>`` command methods, which call the handler's hooks through a
+:class:`~typed_smtpd.hooks.HookRegistry` and answer with values from the reply catalogue. Replies
+are batched and written when the server next waits for input, so pipelined commands cost one
+write.
+
+The class keeps aiosmtpd's constructor, attributes and subclassing model: add a command by
+defining ``async def smtp_PING(self, arg)`` in a subclass; it is collected once, when the
+subclass is created, and listed by HELP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import functools
+import inspect
+import logging
+import re
+import secrets
+import socket
+import ssl
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+
+from typed_smtpd import __version__
+from typed_smtpd.hooks import AuthHook, HookRegistry, auth_mechanism, mechanism_name
+from typed_smtpd.proto import replies as R
+from typed_smtpd.proto.commands import (
+    ParamError,
+    PathError,
+    parse_command,
+    parse_params,
+    parse_path,
+    split_path_and_params,
+    xtext_decode,
+)
+from typed_smtpd.proto.data import process_content
+from typed_smtpd.proto.framing import NEED_DATA, BadLine, ChunkDone, DataDone, Event, Line, Receiver
+from typed_smtpd.proto.limits import (
+    BOGUS_LIMIT,
+    DATA_SIZE_DEFAULT,
+    DATA_TIMEOUT,
+    MAX_AUTH_FAILURES,
+    MAX_RECIPIENTS,
+    BareNewlinePolicy,
+    Limits,
+)
+from typed_smtpd.proto.replies import Reply
+from typed_smtpd.proto.state import State, Verb, allowed, sequence_error, state_of
+from typed_smtpd.session import (
+    MISSING,
+    AuthResult,
+    CramMD5Response,
+    Envelope,
+    LoginPassword,
+    PeerType,
+    RecipientDSN,
+    Session,
+    _Missing,
+)
+
+if TYPE_CHECKING:
+    from typed_smtpd.proxy_protocol import ProxyData
+
+__all__ = [
+    "ALLOWED_BEFORE_STARTTLS",
+    "BOGUS_LIMIT",
+    "CALL_LIMIT_DEFAULT",
+    "DATA_SIZE_DEFAULT",
+    "MISSING",
+    "SMTP",
+    "AuthCallbackType",
+    "AuthResult",
+    "AuthenticatorType",
+    "ConnectionTracker",
+    "Envelope",
+    "LoginPassword",
+    "Session",
+    "TLSSetupException",
+    "auth_mechanism",
+    "sanitize",
+    "syntax",
+]
+
+log = logging.getLogger("mail.log")
+
+__ident__: Final = f"ESMTP typed_smtpd {__version__}"
+#: The default of each per-command limit when ``command_call_limit`` is a dict without ``"*"``.
+CALL_LIMIT_DEFAULT: Final = 20
+#: Before STARTTLS under ``require_starttls``, only these commands are accepted (RFC 3207).
+ALLOWED_BEFORE_STARTTLS: Final = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT", "HELP"})
+#: Commands that need a successful AUTH first when ``auth_required`` is set.
+_AUTH_GATED: Final = frozenset({"HELP", "VRFY", "MAIL", "RCPT", "DATA", "BDAT"})
+#: A receive buffer larger than this while a command runs pauses reading from the client.
+_HIGH_WATER: Final = 1 << 20
+#: Outgoing replies are written at once past this size, even while input is pending.
+_OUT_FLUSH: Final = 1 << 16
+_TLS_HANDSHAKE_TIMEOUT: Final = 30.0
+_REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
+_BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
+
+AuthCallbackType = Callable[[str, bytes, bytes], bool]
+#: ``authenticator(server, session, envelope, mechanism, auth_data)``, sync or async.
+AuthenticatorType = Callable[
+    ["SMTP", Session, Envelope, str, Any], "AuthResult | Awaitable[AuthResult]"
+]
+CommandMethod = Callable[["SMTP", "str | None"], Awaitable[None]]
+_C = TypeVar("_C", bound=Callable[..., Any])
+
+
+class TLSSetupException(Exception):
+    """The TLS handshake after STARTTLS failed; the connection is closed."""
+
+
+class _InvalidHookReply(Exception):
+    """A hook returned something that is not a reply line; logged, answered 451."""
+
+
+def sanitize(text: str | bytes) -> str | bytes:
+    """Mask the argument of an ``AUTH`` command line so credentials never reach a log."""
+    if isinstance(text, bytes):
+        match = re.match(rb"(\s*AUTH\s+\S+)\s+\S+", text, re.IGNORECASE)
+        return match.group(1) + b" ********" if match else text
+    found = re.match(r"(\s*AUTH\s+\S+)\s+\S+", text, re.IGNORECASE)
+    return found.group(1) + " ********" if found else text
+
+
+def syntax(text: str, extended: str | None = None, when: str | None = None) -> Callable[[_C], _C]:
+    """Give a command method its HELP text (``extended`` is appended for ESMTP clients; ``when``
+    names a server attribute that must be truthy for the command to be listed)."""
+
+    def decorator(func: _C) -> _C:
+        func.__smtp_syntax__ = text  # type: ignore[attr-defined]
+        func.__smtp_syntax_extended__ = extended  # type: ignore[attr-defined]
+        func.__smtp_syntax_when__ = when  # type: ignore[attr-defined]
+        return func
+
+    return decorator
+
+
+@functools.lru_cache(maxsize=1)
+def _fqdn() -> str:
+    # Looked up once per process, never per connection (it can mean a DNS query).
+    return socket.getfqdn()
+
+
+@functools.lru_cache(maxsize=512)
+def _render(reply: Reply, enhanced: bool) -> bytes:
+    return reply.render(enhanced=enhanced)
+
+
+class ConnectionTracker:
+    """The open connections of one listening server, and its connection cap.
+
+    A controller creates one and gives it to every :class:`SMTP` it builds; a connection past
+    ``max_connections`` is answered ``421 4.7.0`` and closed.
+    """
+
+    def __init__(self, max_connections: int | None = None) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1 (or None for no cap)")
+        self.max_connections = max_connections
+        self._connections: set[SMTP] = set()
+        self._empty: asyncio.Event | None = None
+
+    @property
+    def count(self) -> int:
+        """How many connections are open."""
+        return len(self._connections)
+
+    def _register(self, connection: SMTP) -> bool:
+        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(connection)
+        return True
+
+    def _unregister(self, connection: SMTP) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._empty is not None:
+            self._empty.set()
+
+    async def shutdown(self, grace_period: float) -> None:
+        """Close every connection: idle ones at once with 421, busy ones when their current
+        command or message is done, and whatever is left after ``grace_period`` seconds by force.
+        """
+        for connection in list(self._connections):
+            connection._request_shutdown()
+        if self._connections:
+            self._empty = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._empty.wait(), timeout=max(grace_period, 0.0))
+            except asyncio.TimeoutError:
+                pass
+        for connection in list(self._connections):
+            connection._abort()
+        self._connections.clear()
+
+
+class SMTP(asyncio.Protocol):
+    """The SMTP protocol for one connection: give ``lambda: SMTP(handler)`` to ``create_server``.
+
+    Every keyword argument of aiosmtpd's ``SMTP`` is accepted with its meaning and default; the
+    new ones set limits and policies that aiosmtpd did not have (see :class:`Limits`).
+    """
+
+    #: aiosmtpd-compatible class-level knobs, read once per connection into :attr:`limits`.
+    command_size_limit: ClassVar[int] = 512
+    line_length_limit: ClassVar[int] = 1001
+    local_part_limit: ClassVar[int] = 0
+    AuthLoginUsernameChallenge: ClassVar[str] = "User Name\x00"
+    AuthLoginPasswordChallenge: ClassVar[str] = "Password\x00"
+
+    _commands: ClassVar[dict[str, CommandMethod]] = {}
+    _server_mechanisms: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._collect_commands()
+
+    @classmethod
+    def _collect_commands(cls) -> None:
+        commands: dict[str, CommandMethod] = {}
+        mechanisms: dict[str, str] = {}
+        for name in dir(cls):
+            if name.startswith("smtp_"):
+                method = getattr(cls, name)
+                if method is None:  # a subclass removing a command
+                    continue
+                if not inspect.iscoroutinefunction(method):
+                    raise TypeError(
+                        f"{cls.__qualname__}.{name} must be a coroutine function: "
+                        f"async def {name}(self, arg)"
+                    )
+                commands[name[5:].upper()] = method
+            elif name.startswith("auth_"):
+                mechanism = mechanism_name(name, getattr(cls, name))
+                if mechanism is not None:
+                    mechanisms[mechanism] = name
+        cls._commands = commands
+        cls._server_mechanisms = mechanisms
+
+    def __init__(
+        self,
+        handler: object,
+        *,
+        data_size_limit: int | None = DATA_SIZE_DEFAULT,
+        enable_SMTPUTF8: bool = False,
+        decode_data: bool = False,
+        hostname: str | None = None,
+        ident: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
+        timeout: float = 300,
+        auth_required: bool = False,
+        auth_require_tls: bool = True,
+        auth_exclude_mechanism: Iterable[str] | None = None,
+        auth_callback: AuthCallbackType | None = None,
+        command_call_limit: int | dict[str, int] | None = None,
+        authenticator: AuthenticatorType | None = None,
+        proxy_protocol_timeout: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        bare_newline: BareNewlinePolicy = "reject",
+        max_recipients: int | None = MAX_RECIPIENTS,
+        bogus_limit: int = BOGUS_LIMIT,
+        data_timeout: float = DATA_TIMEOUT,
+        max_auth_failures: int = MAX_AUTH_FAILURES,
+        proxy_trusted_networks: Iterable[str] | None = None,
+        enhanced_status_codes: bool = True,
+        connection_tracker: ConnectionTracker | None = None,
+    ) -> None:
+        self.event_handler = handler
+        self._hooks = HookRegistry(handler)
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self.hostname = _fqdn() if hostname is None else hostname
+        self._ident = __ident__ if ident is None else ident
+        if "\r" in self.hostname + self._ident or "\n" in self.hostname + self._ident:
+            raise ValueError("hostname and ident must not contain CR or LF")
+        self.tls_context = tls_context
+        if tls_context is not None:
+            if tls_context.verify_mode == ssl.CERT_REQUIRED:
+                log.warning(
+                    "tls_context.verify_mode is CERT_REQUIRED: clients without a "
+                    "certificate cannot start TLS"
+                )
+            if tls_context.check_hostname:
+                log.warning("tls_context.check_hostname is set: it has no meaning on a server")
+        self.require_starttls = tls_context is not None and require_starttls
+        self.limits = Limits(
+            data_size_limit=data_size_limit,
+            command_size_limit=type(self).command_size_limit,
+            line_length_limit=type(self).line_length_limit,
+            max_recipients=max_recipients,
+            bogus_limit=bogus_limit,
+            timeout=timeout,
+            data_timeout=data_timeout,
+            max_auth_failures=max_auth_failures,
+            local_part_limit=type(self).local_part_limit,
+            bare_newline=bare_newline,
+        )
+        self._auth_required = auth_required
+        self._auth_require_tls = auth_require_tls
+        if auth_required and not auth_require_tls:
+            warnings.warn(
+                "auth_required=True with auth_require_tls=False lets credentials cross the "
+                "network in clear text",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._auth_exclude = frozenset(m.upper() for m in auth_exclude_mechanism or ())
+        if auth_callback is not None:
+            warnings.warn(
+                "auth_callback is deprecated; use authenticator", DeprecationWarning, stacklevel=2
+            )
+        self._auth_callback = auth_callback
+        self._authenticator = authenticator
+        self._call_limits = self._parse_call_limit(command_call_limit)
+        if proxy_protocol_timeout is not None:
+            if proxy_protocol_timeout <= 0:
+                raise ValueError("proxy_protocol_timeout must be > 0")
+            if proxy_protocol_timeout < 3.0:
+                log.warning("proxy_protocol_timeout below 3 s may cut off slow proxies")
+        self._proxy_timeout = proxy_protocol_timeout
+        self._proxy_trusted = tuple(proxy_trusted_networks or ())
+        self._enhanced = enhanced_status_codes
+        self.connection_tracker = connection_tracker
+        self._mechanisms = self._collect_mechanisms()
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self._loop_given = loop
+        # Connection state
+        self.transport: asyncio.BaseTransport | None = None
+        self.session: Session | None = None
+        self.envelope: Envelope | None = None
+        self._receiver = Receiver(
+            max_line=self.limits.max_command_line,
+            policy=bare_newline,
+            utf8=enable_SMTPUTF8,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._eof = False
+        self._closed = False
+        self._shutdown_requested = False
+        self._tls_active = False
+        self._tls_refused = False
+        self._bogus = 0
+        self._auth_failures = 0
+        self._call_counts: collections.Counter[str] = collections.Counter()
+        self._bdat_chunks: list[bytes] | None = None
+        self._bdat_size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._deadline: float | None = None
+        self._busy = False
+
+    # --- configuration helpers ------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this connection runs on."""
+        if self._loop_given is None:
+            self._loop_given = asyncio.get_running_loop()
+        return self._loop_given
+
+    @loop.setter
+    def loop(self, value: asyncio.AbstractEventLoop) -> None:
+        self._loop_given = value
+
+    @property
+    def max_command_size_limit(self) -> int:
+        """The longest command line accepted for any verb, CRLF included."""
+        return self.limits.max_command_line
+
+    @staticmethod
+    def _parse_call_limit(limit: object) -> dict[str, int] | None:
+        if limit is None:
+            return None
+        if isinstance(limit, bool):
+            raise TypeError("command_call_limit must be an int or a dict of str to int")
+        if isinstance(limit, int):
+            return {"*": limit}
+        if not isinstance(limit, dict):
+            raise TypeError("command_call_limit must be an int or a dict of str to int")
+        for key, value in limit.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError("command_call_limit must map command names to int")
+        result = {key.upper(): value for key, value in limit.items()}
+        result.setdefault("*", CALL_LIMIT_DEFAULT)
+        return result
+
+    def _collect_mechanisms(self) -> dict[str, AuthHook]:
+        found: dict[str, AuthHook] = {}
+        for mechanism, attribute in type(self)._server_mechanisms.items():
+            if mechanism == "CRAM-MD5" and self._authenticator is None:
+                continue  # a password callback cannot check a CRAM-MD5 digest
+            found[mechanism] = getattr(self, attribute).__func__
+        found.update(self._hooks.auth_mechanisms)
+        return {m: f for m, f in found.items() if m not in self._auth_exclude}
+
+    def _create_session(self) -> Session:
+        """Make the :class:`Session` of a new connection (override for a subclass of it)."""
+        return Session(loop=self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        """Make the :class:`Envelope` of a new transaction (override for a subclass of it)."""
+        return Envelope()
+
+    @property
+    def _ehlo_keyword(self) -> str:
+        return "EHLO"
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        session = self.session = self._create_session()
+        session.peer = transport.get_extra_info("peername")
+        self.envelope = self._create_envelope()
+        if transport.get_extra_info("sslcontext") is not None:
+            self._tls_active = True
+            session.ssl = self._tls_info(transport)
+        tracker = self.connection_tracker
+        if tracker is not None and not tracker._register(self):
+            log.warning("%r refused: too many connections", session.peer)
+            self._closed = True
+            self._write_now(_render(R.TOO_MANY_CONNECTIONS, False))
+            transport.close()
+            return
+        self._last_activity = self.loop.time()
+        self._timer = self.loop.call_later(self.limits.timeout, self._on_timer)
+        self._task = self.loop.create_task(self._handle_client())
+
+    def data_received(self, data: bytes) -> None:
+        self._receiver.receive_data(data)
+        self._last_activity = self.loop.time()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif (
+            not self._reading_paused
+            and self._receiver.buffered > _HIGH_WATER
+            and self.transport is not None
+        ):
+            # The command task is busy (a slow hook, say): stop reading until it catches up.
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if exc is not None:
+            log.info("%r connection lost: %s", self.session.peer if self.session else None, exc)
+        if self.connection_tracker is not None:
+            self.connection_tracker._unregister(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain_waiter
+        if drain is not None:
+            self._drain_waiter = None
+            if not drain.done():
+                drain.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        due = (
+            self._last_activity + self.limits.timeout
+            if not self._busy
+            else now + self.limits.timeout
+        )
+        if self._deadline is not None:
+            due = min(due, self._deadline)
+        if now >= due:
+            peer = self.session.peer if self.session else None
+            log.info("%r timed out", peer)
+            self._reply(R.TIMEOUT)
+            self._close()
+            return
+        self._timer = self.loop.call_later(due - now, self._on_timer)
+
+    # --- output ---------------------------------------------------------------------------------
+
+    @property
+    def _use_enhanced(self) -> bool:
+        return self._enhanced and self.session is not None and self.session.extended_smtp
+
+    def _reply(self, reply: Reply) -> None:
+        self._queue(_render(reply, self._use_enhanced))
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size > _OUT_FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)  # type: ignore[attr-defined]
+
+    async def push(self, status: bytes | str) -> None:
+        """Send one reply line (CRLF is added). ``str`` is encoded as ASCII, or UTF-8 when
+        SMTPUTF8 is enabled; a line holding CR or LF is refused with :class:`ValueError`."""
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        if b"\r" in status or b"\n" in status:
+            raise ValueError("a reply line must not contain CR or LF")
+        self._queue(status + b"\r\n")
+        if self._write_paused:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        self._flush()
+        if self._write_paused and not self._closed:
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+
+    def _close(self) -> None:
+        self._flush()
+        self._closed = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        self._wake()
+
+    def _abort(self) -> None:
+        self._closed = True
+        transport = self.transport
+        if transport is not None:
+            transport.abort()  # type: ignore[attr-defined]
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def _request_shutdown(self) -> None:
+        self._shutdown_requested = True
+        if self._waiter is not None and self._state() in (State.GREETED, State.READY):
+            self._reply(R.SHUTTING_DOWN)
+            self._close()
+
+    # --- input ----------------------------------------------------------------------------------
+
+    async def _next_event(self) -> Event | None:
+        """The next framed event; ``None`` once the client is gone."""
+        receiver = self._receiver
+        while True:
+            event = receiver.next_event()
+            if event is not NEED_DATA:
+                return event
+            if self._closed or self._eof:
+                return None
+            self._flush()
+            if self._write_paused:
+                await self._drain()
+                continue
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()  # type: ignore[attr-defined]
+            self._busy = False
+            self._last_activity = self.loop.time()
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._busy = True
+
+    # --- the connection task --------------------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        self._busy = True
+        try:
+            if self._proxy_timeout is not None and not await self._read_proxy_header():
+                self._close()
+                return
+            self._reply(R.greeting(self.hostname, self._ident))
+            while not self._closed:
+                event = await self._next_event()
+                if event is None:
+                    break
+                if isinstance(event, Line):
+                    await self._dispatch(event)
+                elif isinstance(event, BadLine):
+                    self._reply(event.reply)
+                    self._count_bogus()
+                else:  # pragma: no cover - only the command methods switch modes
+                    raise AssertionError(f"unexpected event outside DATA/BDAT: {event!r}")
+                if self._shutdown_requested and self._state() in (State.GREETED, State.READY):
+                    self._reply(R.SHUTTING_DOWN)
+                    self._close()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%r internal error", self.session.peer if self.session else None)
+            self._reply(R.INTERNAL_ERROR)
+        finally:
+            self._close()
+
+    def _count_bogus(self) -> None:
+        self._bogus += 1
+        if self._bogus >= self.limits.bogus_limit:
+            self._reply(R.TOO_MANY_UNRECOGNIZED)
+            self._close()
+
+    async def _dispatch(self, line: Line) -> None:
+        command = parse_command(line.text)
+        verb = command.verb
+        session = self.session
+        assert session is not None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%r >> %s", session.peer, sanitize(line.text))
+        if not verb or not verb.isascii() or not verb.isalnum():
+            self._reply(R.BAD_SYNTAX)
+            self._count_bogus()
+            return
+        if line.size > self.limits.command_limit(verb, extended=session.extended_smtp):
+            self._reply(R.COMMAND_TOO_LONG)
+            self._count_bogus()
+            return
+        if self._tls_refused and verb != "QUIT":
+            self._reply(R.SECURITY_REFUSED)
+            return
+        if self.require_starttls and not self._tls_active and verb not in ALLOWED_BEFORE_STARTTLS:
+            self._reply(R.STARTTLS_FIRST)
+            return
+        if self._call_limits is not None:
+            self._call_counts[verb] += 1
+            limit = self._call_limits.get(verb, self._call_limits["*"])
+            if self._call_counts[verb] > limit:
+                self._reply(R.call_limit_exceeded(verb))
+                self._close()
+                return
+        method = self._commands.get(verb)
+        if method is None:
+            self._reply(R.unrecognized(verb))
+            self._count_bogus()
+            return
+        try:
+            await method(self, command.arg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._handle_error(error)
+
+    async def _handle_error(self, error: Exception) -> None:
+        peer = self.session.peer if self.session else None
+        if isinstance(error, _InvalidHookReply):
+            log.error("%r %s", peer, error)
+            self._reply(R.INTERNAL_ERROR)
+            return
+        log.exception("%r error while handling a command", peer)
+        hook = self._hooks.exception
+        if hook is None:
+            self._reply(R.INTERNAL_ERROR)
+            return
+        try:
+            status = hook(error)
+            if inspect.isawaitable(status):
+                status = await status
+            self._queue_status(status, "handle_exception")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%r handle_exception failed", peer)
+            self._reply(R.INTERNAL_ERROR)
+
+    # --- hook plumbing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_status(status: object, hook: str) -> str:
+        if isinstance(status, str):
+            lines = status.removesuffix("\r\n").split("\r\n")
+            if all(_REPLY_LINE.fullmatch(line) for line in lines) and all(
+                line[3:4] == "-" for line in lines[:-1]
+            ):
+                return status.removesuffix("\r\n")
+        shown = repr(status)
+        raise _InvalidHookReply(
+            f"{hook} returned {shown[:80]}, which is not a reply line such as '250 OK'"
+        )
+
+    def _queue_status(self, status: object, hook: str) -> str:
+        text = self._check_status(status, hook)
+        encoding = "utf-8" if self.enable_SMTPUTF8 else "ascii"
+        self._queue(text.encode(encoding, "replace") + b"\r\n")
+        return text
+
+    async def _run_hook(self, awaitable: Awaitable[object], hook: str) -> str:
+        return self._queue_status(await awaitable, hook)
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def _state(self) -> State:
+        session, envelope = self.session, self.envelope
+        if session is None or envelope is None:
+            return State.GREETED
+        return state_of(
+            greeted=bool(session.host_name),
+            has_sender=envelope.mail_from is not None,
+            recipients=len(envelope.rcpt_tos),
+            in_bdat=self._bdat_chunks is not None,
+        )
+
+    def _sequence_ok(self, verb: Verb) -> bool:
+        state = self._state()
+        if allowed(state, verb):
+            return True
+        self._reply(sequence_error(state, verb))
+        return False
+
+    def _reset_transaction(self) -> None:
+        self.envelope = self._create_envelope()
+        self._bdat_chunks = None
+        self._bdat_size = 0
+
+    def _auth_needed(self) -> bool:
+        if self._auth_required and not (self.session and self.session.authenticated):
+            self._reply(R.AUTH_REQUIRED)
+            return True
+        return False
+
+    # --- HELO / EHLO ----------------------------------------------------------------------------
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        """HELO: greet without ESMTP."""
+        if not hostname:
+            self._reply(R.syntax("HELO hostname"))
+            return
+        session = self.session
+        assert session is not None
+        self._reset_transaction()
+        session.extended_smtp = False
+        hook = self._hooks.helo
+        if hook is None:
+            session.host_name = hostname
+            await self.push(f"250 {self.hostname}")
+            return
+        before = session.host_name
+        status = await self._run_hook(hook(self, session, self._envelope, hostname), "handle_HELO")
+        if status[0] == "2" and session.host_name is before:
+            session.host_name = hostname
+
+    @property
+    def _envelope(self) -> Envelope:
+        envelope = self.envelope
+        if envelope is None:
+            envelope = self.envelope = self._create_envelope()
+        return envelope
+
+    def _ehlo_responses(self) -> list[str]:
+        lines = [f"250-{self.hostname}"]
+        if self.data_size_limit:
+            lines.append(f"250-SIZE {self.data_size_limit}")
+        if not self._decode_data:
+            lines.append("250-8BITMIME")
+        if self.enable_SMTPUTF8:
+            lines.append("250-SMTPUTF8")
+        lines.append("250-PIPELINING")
+        if self._enhanced:
+            lines.append("250-ENHANCEDSTATUSCODES")
+        lines.append("250-CHUNKING")
+        if self.tls_context is not None and not self._tls_active:
+            lines.append("250-STARTTLS")
+        if self._mechanisms and (self._tls_active or not self._auth_require_tls):
+            lines.append("250-AUTH " + " ".join(sorted(self._mechanisms)))
+        lines.append("250 HELP")
+        return lines
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        """EHLO: greet with ESMTP; the reply lists the extensions."""
+        if not hostname:
+            self._reply(R.syntax(f"{self._ehlo_keyword} hostname"))
+            return
+        await self._greet_extended(hostname)
+
+    async def _greet_extended(self, hostname: str) -> None:
+        session = self.session
+        assert session is not None
+        self._reset_transaction()
+        session.extended_smtp = True
+        responses = self._ehlo_responses()
+        before = session.host_name
+        hooks = self._hooks
+        if hooks.ehlo is not None:
+            result = await hooks.ehlo(self, session, self._envelope, hostname, responses)
+            if not isinstance(result, list) or not result:
+                raise _InvalidHookReply(
+                    f"handle_EHLO returned {type(result).__name__}, not a list of reply lines"
+                )
+            for index, line in enumerate(result):
+                text = self._check_status(line, "handle_EHLO")
+                if index < len(result) - 1 and text[3:4] == " ":
+                    text = f"{text[:3]}-{text[4:]}"
+                self._queue(text.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
+            positive = str(result[-1]).startswith("2")
+        elif hooks.ehlo_legacy is not None:
+            await self.push(responses[0])
+            status = await self._run_hook(
+                hooks.ehlo_legacy(self, session, self._envelope, hostname), "handle_EHLO"
+            )
+            positive = status[0] == "2"
+        else:
+            for line in responses[:-1]:
+                self._queue(line.encode("utf-8", "replace") + b"\r\n")
+            legacy = getattr(self, "ehlo_hook", None)
+            if legacy is not None:
+                warnings.warn(
+                    "SMTP.ehlo_hook is deprecated; use the handle_EHLO handler hook",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                await legacy()
+            self._queue(responses[-1].encode("ascii") + b"\r\n")
+            session.host_name = hostname
+            return
+        if positive and session.host_name is before:
+            session.host_name = hostname
+
+    # --- simple commands ------------------------------------------------------------------------
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        """NOOP: do nothing, successfully."""
+        hook = self._hooks.noop
+        if hook is None:
+            self._reply(R.OK)
+        else:
+            assert self.session is not None
+            await self._run_hook(hook(self, self.session, self._envelope, arg or ""), "handle_NOOP")
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        """QUIT: say goodbye and close."""
+        if arg:
+            self._reply(R.syntax("QUIT"))
+            return
+        hook = self._hooks.quit
+        try:
+            if hook is None:
+                self._reply(R.BYE)
+            else:
+                assert self.session is not None
+                await self._run_hook(hook(self, self.session, self._envelope), "handle_QUIT")
+        finally:
+            self._close()
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str | None) -> None:
+        """RSET: abandon the transaction."""
+        if arg:
+            self._reply(R.syntax("RSET"))
+            return
+        self._reset_transaction()
+        hook = self._hooks.rset
+        if hook is not None:
+            assert self.session is not None
+            await self._run_hook(hook(self, self.session, self._envelope), "handle_RSET")
+            return
+        legacy = getattr(self, "rset_hook", None)
+        if legacy is not None:
+            warnings.warn(
+                "SMTP.rset_hook is deprecated; use the handle_RSET handler hook",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            await legacy()
+        self._reply(R.OK)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        """VRFY: never verifies, as recommended (RFC 5321 section 7.3)."""
+        if self._auth_needed():
+            return
+        if not arg:
+            self._reply(R.syntax("VRFY <address>"))
+            return
+        try:
+            address = parse_path(
+                arg if arg.startswith("<") else f"<{arg}>", allow_null=False, allow_postmaster=True
+            )
+        except PathError:
+            self._reply(Reply(502, "Could not VRFY that address", "5.5.4"))
+            return
+        hook = self._hooks.vrfy
+        if hook is None:
+            self._reply(R.CANNOT_VRFY)
+        else:
+            assert self.session is not None
+            await self._run_hook(hook(self, self.session, self._envelope, address), "handle_VRFY")
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        """EXPN: not implemented (RFC 5321 section 7.3 allows refusing it)."""
+        self._reply(R.EXPN_NOT_IMPLEMENTED)
+
+    def _help_verbs(self) -> list[str]:
+        verbs = []
+        for verb, method in self._commands.items():
+            if verb == "EXPN":
+                continue
+            when = getattr(method, "__smtp_syntax_when__", None)
+            if when and not getattr(self, when, None):
+                continue
+            verbs.append(verb)
+        return sorted(verbs)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str | None) -> None:
+        """HELP: list the commands, or show one command's syntax."""
+        if self._auth_needed():
+            return
+        verbs = self._help_verbs()
+        supported = "Supported commands: " + " ".join(verbs)
+        if arg:
+            method = self._commands.get(arg.upper())
+            text = getattr(method, "__smtp_syntax__", None) if method is not None else None
+            if method is not None and arg.upper() in verbs:
+                if text is None:
+                    text = arg.upper()
+                extended = getattr(method, "__smtp_syntax_extended__", None)
+                assert self.session is not None
+                if extended and self.session.extended_smtp:
+                    text += extended
+                self._reply(Reply(250, f"Syntax: {text}", "2.0.0"))
+                return
+            self._reply(Reply(501, supported, "5.5.4"))
+            return
+        self._reply(Reply(250, supported, "2.0.0"))
+
+    # --- MAIL / RCPT ----------------------------------------------------------------------------
+
+    def _parse_mail_params(self, params: list[str], envelope: Envelope) -> Reply | None:
+        """Validate MAIL parameters into ``envelope``'s typed fields; a reply means refusal."""
+        seen: set[str] = set()
+        for param in params:
+            keyword, has_value, value = param.partition("=")
+            key = keyword.upper()
+            if key in seen:
+                return R.syntax("MAIL FROM: <address> [SP <mail-parameters>]")
+            seen.add(key)
+            if key == "SIZE":
+                if not has_value or not value.isdigit():
+                    return R.syntax("MAIL FROM: <address> SIZE=<number>")
+                size = int(value)
+                if self.data_size_limit and size > self.data_size_limit:
+                    return R.MAIL_SIZE_TOO_LARGE
+                envelope.size = size
+            elif key == "BODY":
+                body = value.upper()
+                if body == "7BIT" or body == "8BITMIME":
+                    envelope.body = body  # type: ignore[assignment]
+                elif body == "BINARYMIME" and not self._decode_data:
+                    envelope.body = "BINARYMIME"
+                else:
+                    return R.MAIL_BAD_BODY
+            elif key == "SMTPUTF8":
+                if has_value:
+                    return R.MAIL_SMTPUTF8_VALUE
+                if not self.enable_SMTPUTF8:
+                    return R.MAIL_SMTPUTF8_DISABLED
+                envelope.smtp_utf8 = True
+            elif key == "RET":
+                ret = value.upper()
+                if ret not in ("FULL", "HDRS"):
+                    return R.syntax("MAIL FROM: <address> RET=FULL|HDRS")
+                envelope.dsn_ret = ret  # type: ignore[assignment]
+            elif key == "ENVID":
+                try:
+                    envelope.dsn_envid = xtext_decode(value)
+                except ParamError:
+                    return R.syntax("MAIL FROM: <address> ENVID=<xtext>")
+            elif key == "AUTH":
+                try:
+                    envelope.auth = value if value == "<>" else xtext_decode(value)
+                except ParamError:
+                    return R.syntax("MAIL FROM: <address> AUTH=<xtext>")
+            elif key == "REQUIRETLS" and self._tls_active and not has_value:
+                envelope.requiretls = True
+            else:
+                return R.MAIL_PARAM_UNRECOGNIZED
+        return None
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """MAIL FROM: open a transaction."""
+        if self._auth_needed() or not self._sequence_ok(Verb.MAIL):
+            return
+        session = self.session
+        assert session is not None
+        usage = "MAIL FROM: <address>" + (
+            " [SP <mail-parameters>]" if session.extended_smtp else ""
+        )
+        if not arg or arg[:5].upper() != "FROM:":
+            self._reply(R.syntax(usage))
+            return
+        path, params_text = split_path_and_params(arg[5:])
+        if params_text and not session.extended_smtp:
+            self._reply(R.syntax(usage))
+            return
+        try:
+            address = parse_path(path, allow_null=True)
+            params = parse_params(params_text)
+        except PathError:
+            self._reply(R.MALFORMED_ADDRESS)
+            return
+        except ParamError:
+            self._reply(R.syntax(usage))
+            return
+        if (
+            self.limits.local_part_limit
+            and len(address.rpartition("@")[0]) > self.limits.local_part_limit
+        ):
+            self._reply(Reply(553, "Local part too long", "5.1.3"))
+            return
+        staged = self._create_envelope()
+        refusal = self._parse_mail_params(params, staged)
+        if refusal is not None:
+            self._reply(refusal)
+            return
+        if not address.isascii() and not staged.smtp_utf8:
+            self._reply(R.NEED_UTF8)
+            return
+        envelope = self._envelope
+        hook = self._hooks.mail
+        if hook is None:
+            positive = True
+            self._reply(R.MAIL_OK)
+        else:
+            status = await self._run_hook(
+                hook(self, session, envelope, address, params), "handle_MAIL"
+            )
+            positive = status[0] == "2"
+        if positive:
+            if envelope.mail_from is None:
+                envelope.mail_from = address
+            if not envelope.mail_options:
+                envelope.mail_options.extend(params)
+            for name in ("size", "body", "smtp_utf8", "dsn_ret", "dsn_envid", "auth", "requiretls"):
+                setattr(envelope, name, getattr(staged, name))
+
+    def _parse_rcpt_params(self, params: list[str]) -> RecipientDSN | Reply:
+        notify: tuple[str, ...] = ()
+        orcpt: str | None = None
+        seen: set[str] = set()
+        for param in params:
+            keyword, has_value, value = param.partition("=")
+            key = keyword.upper()
+            if key in seen:
+                return R.syntax("RCPT TO: <address> [SP <rcpt-parameters>]")
+            seen.add(key)
+            if key == "NOTIFY" and has_value:
+                notify = tuple(v.upper() for v in value.split(","))
+                valid = {"SUCCESS", "FAILURE", "DELAY"}
+                if notify != ("NEVER",) and not (notify and set(notify) <= valid):
+                    return R.syntax("RCPT TO: <address> NOTIFY=NEVER|SUCCESS,FAILURE,DELAY")
+            elif key == "ORCPT" and has_value:
+                addr_type, semi, xtext = value.partition(";")
+                try:
+                    if not semi or not addr_type:
+                        raise ParamError("ORCPT needs addr-type;xtext")
+                    orcpt = f"{addr_type};{xtext_decode(xtext)}"
+                except ParamError:
+                    return R.syntax("RCPT TO: <address> ORCPT=<addr-type>;<xtext>")
+            else:
+                return R.RCPT_PARAM_UNRECOGNIZED
+        return RecipientDSN(notify, orcpt)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <rcpt-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        """RCPT TO: add a recipient."""
+        if self._auth_needed() or not self._sequence_ok(Verb.RCPT):
+            return
+        session = self.session
+        assert session is not None
+        usage = "RCPT TO: <address>" + (" [SP <rcpt-parameters>]" if session.extended_smtp else "")
+        if not arg or arg[:3].upper() != "TO:":
+            self._reply(R.syntax(usage))
+            return
+        path, params_text = split_path_and_params(arg[3:])
+        if params_text and not session.extended_smtp:
+            self._reply(R.syntax(usage))
+            return
+        try:
+            address = parse_path(path, allow_null=False, allow_postmaster=True)
+            params = parse_params(params_text)
+        except PathError:
+            self._reply(R.MALFORMED_ADDRESS)
+            return
+        except ParamError:
+            self._reply(R.syntax(usage))
+            return
+        dsn = self._parse_rcpt_params(params)
+        if isinstance(dsn, Reply):
+            self._reply(dsn)
+            return
+        envelope = self._envelope
+        if not address.isascii() and not envelope.smtp_utf8:
+            self._reply(R.NEED_UTF8)
+            return
+        limit = self.limits.max_recipients
+        if limit is not None and len(envelope.rcpt_tos) >= limit:
+            self._reply(R.TOO_MANY_RECIPIENTS)
+            return
+        hook = self._hooks.rcpt
+        count = len(envelope.rcpt_tos)
+        if hook is None:
+            positive = True
+            self._reply(R.RCPT_OK)
+        else:
+            status = await self._run_hook(
+                hook(self, session, envelope, address, params), "handle_RCPT"
+            )
+            positive = status[0] == "2"
+        if positive:
+            if len(envelope.rcpt_tos) == count:
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(params)
+            while len(envelope.rcpt_dsn) < len(envelope.rcpt_tos):
+                envelope.rcpt_dsn.append(dsn)
+
+    # --- DATA / BDAT ----------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """DATA: receive the message, up to CRLF.CRLF."""
+        if self._auth_needed():
+            return
+        if arg:
+            self._reply(R.syntax("DATA"))
+            return
+        if self._bdat_chunks is not None:
+            self._reply(R.BDAT_AFTER_DATA)
+            return
+        if not self._sequence_ok(Verb.DATA):
+            return
+        self._reply(R.ENTER_DATA)
+        self._receiver.start_data(self.limits.max_data_size)
+        self._deadline = self.loop.time() + self.limits.data_timeout
+        try:
+            event = await self._next_event()
+        finally:
+            self._deadline = None
+        if not isinstance(event, DataDone):
+            return  # the client went away mid-message: nothing was accepted
+        if event.raw is None:
+            self._reply(event.error or R.DATA_TOO_LARGE)
+            self._reset_transaction()
+            return
+        content = process_content(
+            event.raw,
+            policy=self.limits.bare_newline,
+            line_length_limit=self.limits.line_length_limit,
+        )
+        await self._finish_message(content)
+
+    async def _finish_message(self, content: bytes | Reply) -> None:
+        try:
+            if isinstance(content, Reply):
+                self._reply(content)
+                return
+            envelope = self._envelope
+            envelope.original_content = content
+            if self._decode_data:
+                try:
+                    envelope.content = content.decode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+                except UnicodeDecodeError:
+                    self._reply(R.DECODE_ERROR)
+                    return
+            else:
+                envelope.content = content
+            await self._deliver()
+        finally:
+            self._reset_transaction()
+
+    async def _deliver(self) -> None:
+        """Hand the complete message to the handler and send the final reply."""
+        session, envelope = self.session, self._envelope
+        assert session is not None
+        hook = self._hooks.data
+        if hook is not None:
+            await self._run_hook(hook(self, session, envelope), "handle_DATA")
+            return
+        legacy = getattr(self.event_handler, "process_message", None)
+        if legacy is not None:
+            warnings.warn(
+                "process_message is deprecated; use handle_DATA", DeprecationWarning, stacklevel=2
+            )
+            result = legacy(session.peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is None:
+                self._reply(R.OK)
+            else:
+                self._queue_status(result, "process_message")
+            return
+        self._reply(R.OK)
+
+    @syntax("BDAT <chunk-size> [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """BDAT: receive one chunk of the message (RFC 3030)."""
+        match = _BDAT_ARG.fullmatch(arg or "")
+        if match is None:
+            # Without a size the chunk cannot be skipped: its bytes would be read as commands.
+            self._reply(R.BDAT_BAD_SIZE)
+            self._close()
+            return
+        size = int(match.group(1))
+        last = match.group(2) is not None
+        verb = Verb.BDAT_LAST if last else Verb.BDAT
+        refusal: Reply | None = None
+        state = self._state()
+        if self._auth_required and not (self.session and self.session.authenticated):
+            refusal = R.AUTH_REQUIRED
+        elif not allowed(state, verb):
+            refusal = sequence_error(state, verb)
+        else:
+            limit = self.limits.max_data_size
+            if limit is not None and self._bdat_size + size > limit:
+                refusal = R.DATA_TOO_LARGE
+        # The chunk is read in full even when it is refused (RFC 3030 section 2).
+        self._receiver.start_bdat(size, discard=refusal is not None)
+        self._deadline = self.loop.time() + self.limits.data_timeout
+        try:
+            event = await self._next_event()
+        finally:
+            self._deadline = None
+        if not isinstance(event, ChunkDone):
+            return
+        if refusal is not None or event.data is None:
+            self._reply(refusal or R.DATA_TOO_LARGE)
+            if refusal is R.DATA_TOO_LARGE:
+                self._reset_transaction()
+            return
+        chunks = self._bdat_chunks
+        if chunks is None:
+            chunks = self._bdat_chunks = []
+        chunks.append(event.data)
+        self._bdat_size += size
+        if not last:
+            self._reply(Reply(250, f"{size} octets received", "2.0.0"))
+            return
+        raw = b"".join(chunks)
+        binary = self._envelope.body == "BINARYMIME"
+        content = process_content(
+            raw,
+            policy="accept" if binary else self.limits.bare_newline,
+            line_length_limit=None if binary else self.limits.line_length_limit,
+            unstuff=False,
+        )
+        await self._finish_message(content)
+
+    # --- STARTTLS -------------------------------------------------------------------------------
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        """STARTTLS: upgrade the connection to TLS (RFC 3207)."""
+        if arg:
+            self._reply(R.syntax("STARTTLS"))
+            return
+        if self._tls_active:
+            self._reply(R.TLS_ALREADY_ACTIVE)
+            return
+        if self.tls_context is None:
+            self._reply(R.TLS_NOT_AVAILABLE)
+            return
+        if not self._sequence_ok(Verb.STARTTLS):
+            return
+        self._reply(R.READY_FOR_TLS)
+        self._flush()
+        # RFC 3207 section 4.2: whatever the client pipelined after STARTTLS was sent in the
+        # clear and must not be acted on.
+        self._receiver.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            new_transport = await self.loop.start_tls(
+                transport,
+                self,
+                self.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as error:
+            log.info(
+                "%r TLS handshake failed: %s", self.session.peer if self.session else None, error
+            )
+            self._closed = True
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        if new_transport is None:
+            self._close()
+            return
+        self.transport = new_transport
+        self._receiver.clear()
+        self._tls_active = True
+        old_peer = self.session.peer if self.session else None
+        proxy_data = self.session.proxy_data if self.session else None
+        session = self.session = self._create_session()
+        session.peer = old_peer
+        session.proxy_data = proxy_data
+        session.ssl = self._tls_info(new_transport)
+        self._reset_transaction()
+        hook = self._hooks.starttls
+        if hook is not None and not hook(self, session, self._envelope):
+            self._tls_refused = True
+
+    @staticmethod
+    def _tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
+        ssl_object = transport.get_extra_info("ssl_object")
+        info: dict[str, Any] = {
+            "ssl_object": ssl_object,
+            "sslcontext": transport.get_extra_info("sslcontext"),
+            "peercert": transport.get_extra_info("peercert"),
+            "cipher": transport.get_extra_info("cipher"),
+            "compression": transport.get_extra_info("compression"),
+            "peername": transport.get_extra_info("peername"),
+            "sockname": transport.get_extra_info("sockname"),
+            "version": ssl_object.version() if ssl_object is not None else None,
+        }
+        return info
+
+    # --- AUTH -----------------------------------------------------------------------------------
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        """AUTH: authenticate with a SASL mechanism (RFC 4954)."""
+        session = self.session
+        assert session is not None
+        if not session.host_name:
+            self._reply(Reply(503, "Error: send EHLO first", "5.5.1"))
+            return
+        if not session.extended_smtp:
+            self._reply(R.unrecognized("AUTH"))
+            return
+        if self._auth_require_tls and not self._tls_active:
+            self._reply(R.AUTH_ENCRYPTION_REQUIRED)
+            return
+        if session.authenticated:
+            self._reply(R.AUTH_ALREADY)
+            return
+        if self._state() is not State.READY:
+            self._reply(Reply(503, "Error: AUTH not allowed during a mail transaction", "5.5.1"))
+            return
+        if not arg:
+            self._reply(R.AUTH_NOT_ENOUGH_VALUE)
+            return
+        args = arg.split()
+        if len(args) > 2:
+            self._reply(R.AUTH_TOO_MANY_VALUES)
+            return
+        hook = self._hooks.auth
+        if hook is not None:
+            status = await hook(self, session, self._envelope, args)
+            if status is not None:
+                self._queue_status(status, "handle_AUTH")
+            return
+        mechanism = args[0].upper()
+        method = self._mechanisms.get(mechanism)
+        if method is None:
+            self._reply(R.AUTH_NO_MECHANISM)
+            return
+        args[0] = mechanism
+        outcome = await method(self, args)
+        self._settle_auth(outcome)
+
+    def _settle_auth(self, outcome: object) -> None:
+        session = self.session
+        assert session is not None
+        if isinstance(outcome, AuthResult):
+            result = outcome
+        elif outcome is None:  # legacy: the hook handled a failure itself
+            result = AuthResult(success=False, handled=True)
+        elif outcome is MISSING or outcome is False:
+            result = AuthResult(success=False, handled=False)
+        else:  # legacy: an identity means success
+            result = AuthResult(success=True, auth_data=outcome)
+            session._login_data = outcome
+        if result.success:
+            session.authenticated = True
+            session.auth_data = result.auth_data
+            login = getattr(result.auth_data, "login", None)
+            if login is not None:
+                session._login_data = login
+            if result.message is not None:
+                self._queue_status(result.message, "authenticator")
+            else:
+                self._reply(R.AUTH_SUCCESS)
+            return
+        session.authenticated = False
+        if not result.handled:
+            if result.message is not None:
+                self._queue_status(result.message, "authenticator")
+            else:
+                self._reply(R.AUTH_FAILED)
+        self._auth_failures += 1
+        if self._auth_failures >= self.limits.max_auth_failures:
+            self._reply(R.AUTH_TOO_MANY_FAILURES)
+            self._close()
+
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> bytes | _Missing:
+        """Send a ``334`` challenge and return the client's decoded answer.
+
+        Returns :data:`MISSING` (after replying) when the client cancels with ``*``, sends bad
+        base64, or a line over 12,288 octets.
+        """
+        if isinstance(challenge, str):
+            challenge = challenge.encode("utf-8")
+        payload = base64.b64encode(challenge) if encode_to_b64 else challenge
+        self._queue(b"334 " + payload + b"\r\n")
+        self._receiver.start_sasl(self.limits.auth_line_limit)
+        event = await self._next_event()
+        if event is None:
+            self._closed = True
+            return MISSING
+        if isinstance(event, BadLine):
+            self._reply(
+                R.AUTH_LINE_TOO_LONG if event.reply is R.AUTH_LINE_TOO_LONG else event.reply
+            )
+            return MISSING
+        assert isinstance(event, Line)
+        line = event.text.strip()
+        if log_client_response:
+            log.debug("%r AUTH response received", self.session.peer if self.session else None)
+        if line == "*":
+            self._reply(R.AUTH_ABORTED)
+            return MISSING
+        try:
+            return base64.b64decode(line.encode("ascii", "surrogateescape"), validate=True)
+        except (binascii.Error, ValueError):
+            self._reply(R.AUTH_BAD_BASE64)
+            return MISSING
+
+    def _decode_initial(self, value: str) -> bytes | _Missing:
+        if value == "=":
+            return b""
+        try:
+            return base64.b64decode(value.encode("ascii", "surrogateescape"), validate=True)
+        except (binascii.Error, ValueError):
+            self._reply(R.AUTH_BAD_BASE64)
+            return MISSING
+
+    async def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        session = self.session
+        assert session is not None
+        if self._authenticator is not None:
+            result = self._authenticator(self, session, self._envelope, mechanism, auth_data)
+            if inspect.isawaitable(result):
+                result = await result
+            if not isinstance(result, AuthResult):
+                raise TypeError(f"authenticator returned {type(result).__name__}, not AuthResult")
+            return result
+        if self._auth_callback is not None and isinstance(auth_data, LoginPassword):
+            ok = self._auth_callback(mechanism, auth_data.login, auth_data.password)
+            return AuthResult(success=bool(ok), handled=False, auth_data=auth_data.login)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_PLAIN(self, args: list[str]) -> AuthResult:
+        """The PLAIN mechanism (RFC 4616); the authorization identity is ignored."""
+        if len(args) == 1:
+            response = await self.challenge_auth("")
+        else:
+            response = self._decode_initial(args[1])
+        if response is MISSING:
+            return AuthResult(success=False, handled=True)
+        parts = response.split(b"\x00")
+        if len(parts) != 3:
+            self._reply(R.AUTH_CANT_SPLIT)
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate("PLAIN", LoginPassword(parts[1], parts[2]))
+
+    async def auth_LOGIN(self, args: list[str]) -> AuthResult:
+        """The LOGIN mechanism (draft-murchison-sasl-login)."""
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+        else:
+            login = self._decode_initial(args[1])
+        if login is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate("LOGIN", LoginPassword(login, password))
+
+    @auth_mechanism("CRAM-MD5")
+    async def auth_CRAM__MD5(self, args: list[str]) -> AuthResult:
+        """The CRAM-MD5 mechanism (RFC 2195): the authenticator gets a
+        :class:`~typed_smtpd.session.CramMD5Response` and checks a password with ``verify()``."""
+        if len(args) > 1:
+            self._reply(R.AUTH_TOO_MANY_VALUES)
+            return AuthResult(success=False, handled=True)
+        challenge = f"<{secrets.token_hex(8)}.{int(time.time())}@{self.hostname}>".encode()
+        response = await self.challenge_auth(challenge)
+        if response is MISSING:
+            return AuthResult(success=False, handled=True)
+        login, sep, digest = response.rpartition(b" ")
+        if not sep or not login or len(digest) != 32:
+            self._reply(R.AUTH_CANT_SPLIT)
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate("CRAM-MD5", CramMD5Response(login, challenge, digest))
+
+    # --- PROXY protocol -------------------------------------------------------------------------
+
+    async def _read_proxy_header(self) -> bool:
+        from typed_smtpd.proto.proxy import is_trusted_peer, parse_proxy_header
+
+        session = self.session
+        assert session is not None and self._proxy_timeout is not None
+        peer = session.peer
+        if self._proxy_trusted:
+            host = peer[0] if isinstance(peer, tuple) and peer else None
+            if host is None or not is_trusted_peer(host, self._proxy_trusted_networks()):
+                log.warning("%r PROXY header refused: peer is not a trusted proxy", peer)
+                return False
+        self._deadline = self.loop.time() + self._proxy_timeout
+        try:
+            while True:
+                result = parse_proxy_header(self._receiver.peek())
+                if result is not None:
+                    break
+                if self._closed or self._eof:
+                    return False
+                self._busy = False
+                waiter = self._waiter = self.loop.create_future()
+                await waiter
+                self._busy = True
+        finally:
+            self._deadline = None
+        if not result:
+            log.warning("%r invalid PROXY header: %s", peer, result.error)
+            return False
+        self._receiver.consume(len(result.whole_raw))
+        session.proxy_data = result
+        hook = self._hooks.proxy
+        if hook is not None:
+            verdict = hook(self, session, self._envelope, result)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if not verdict:
+                log.info("%r connection refused by handle_PROXY", peer)
+                return False
+        return True
+
+    def _proxy_trusted_networks(self) -> list[Any]:
+        import ipaddress
+
+        return [ipaddress.ip_network(net, strict=False) for net in self._proxy_trusted]
+
+    def _proxy_data(self) -> ProxyData | None:
+        return self.session.proxy_data if self.session else None
+
+
+SMTP._collect_commands()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PeerType":
+        return PeerType
+    raise AttributeError(name)
