@@ -1,0 +1,832 @@
+"""The side-by-side benchmark: typed_smtpd against aiosmtpd, a bare ceiling sink and C smtp-sink.
+
+Usage: ``python bench/run.py [--quick] [--workloads W1,W2] [--repeat 3] [--json out.json]``
+(``--help`` lists the rest). See bench/README.md for what each workload measures.
+
+Each measured run starts a fresh server in its own subprocess (bench/servers.py, or Postfix's
+smtp-sink), pinned to its own core, drives it with one client (Postfix's smtp-source, or
+bench/client.py in this process), and reads the server's CPU time and memory from /proc. Runs of
+the different servers alternate, in a rotating order, so drift on the machine hits them all alike;
+the report gives medians and the median of the per-round ratios. Nothing is written anywhere but
+stdout and the optional JSON file; every child is killed on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import client  # noqa: E402
+
+PYTHON_SERVERS = ("typed", "aiosmtpd", "ceiling")
+ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "smtp-sink")
+ALL_CLIENTS = ("smtp-source", "asyncio")
+READY_TIMEOUT = 30.0  # seconds for a server to start listening
+STOP_TIMEOUT = 15.0  # seconds for a server to exit after SIGTERM (a profiler writes its file)
+POSTFIX_DIRS = ("/usr/sbin", "/usr/lib/postfix/sbin", "/usr/libexec/postfix")
+KIB = 1024
+MIB = 1024 * 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_FD_MARGIN = 256  # descriptors kept free besides the idle connections of W5
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One workload: what the clients do against each server."""
+
+    name: str
+    title: str
+    kind: str  # "messages", "churn" or "idle"
+    count: int  # messages (messages), connections (churn, idle)
+    sessions: int = 1  # parallel sessions (messages), concurrency (churn)
+    size: int = KIB
+    pipelined: bool = False
+
+    def clients(self) -> tuple[str, ...]:
+        """The clients able to drive this workload (smtp-source neither idles nor pipelines)."""
+        if self.kind == "idle" or self.pipelined:
+            return ("asyncio",)
+        return ALL_CLIENTS
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("W1", "one connection, 5,000 messages of 1 KiB in sequence", "messages", 5_000),
+        Workload("W2", "50 parallel sessions, 20,000 messages of 1 KiB", "messages", 20_000, 50),
+        Workload("W3", "10 parallel sessions, 500 messages of 1 MiB", "messages", 500, 10, MIB),
+        Workload("W4", "2,000 connections, each EHLO + one message + QUIT", "churn", 2_000, 10),
+        Workload("W5", "10,000 idle connections after EHLO", "idle", 10_000),
+        Workload(
+            "W6",
+            "one connection, 5,000 messages, MAIL/RCPT/DATA pipelined",
+            "messages",
+            5_000,
+            pipelined=True,
+        ),
+    )
+}
+
+
+@dataclass(slots=True)
+class Run:
+    """The record of one measured run (what goes into the JSON file)."""
+
+    workload: str
+    client: str
+    server: str
+    round: int
+    ok: bool = False
+    error: str = ""
+    seconds: float = 0.0
+    messages: int = 0
+    connections: int = 0
+    payload_bytes: int = 0
+    cpu_seconds: float = 0.0
+    baseline_rss_kib: int = 0
+    peak_rss_kib: int = 0
+    held_rss_kib: int = 0
+    rss_per_connection_kib: float = 0.0
+    probe_ok: bool = False
+    probe_seconds: float = 0.0
+    pipelining_advertised: bool = False
+
+
+@dataclass(slots=True)
+class Options:
+    """Settings shared by every run."""
+
+    server_cores: set[int] | None
+    client_cores: set[int] | None
+    run_timeout: float
+    uvloop: bool
+    smtp_source: str | None
+    smtp_sink: str | None
+    children: set[subprocess.Popen[bytes]] = field(default_factory=set)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds the process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_memory_kib(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS) of the process, in KiB."""
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+# ---------------------------------------------------------------------------------------------
+# children
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (for smtp-sink, which cannot report its own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_child(proc: subprocess.Popen[bytes], opts: Options) -> None:
+    """SIGTERM, wait a bounded time, then SIGKILL."""
+    opts.children.discard(proc)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def kill_children(opts: Options) -> None:
+    """Kill whatever child is still running (the way out, Ctrl-C included)."""
+    for proc in list(opts.children):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_TIMEOUT)
+        opts.children.discard(proc)
+
+
+def wait_ready_line(proc: subprocess.Popen[bytes]) -> int:
+    """Read the server's ``READY <port>`` line, within READY_TIMEOUT."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise RuntimeError(f"server did not start (exit status {proc.poll()})")
+        readable, _, _ = select.select([proc.stdout], [], [], left)
+        if readable:
+            chunk = os.read(proc.stdout.fileno(), 256)
+            if not chunk:
+                raise RuntimeError(f"server closed its stdout (exit status {proc.wait(5)})")
+            line += chunk
+    word, port = line.split()[:2]
+    if word != b"READY":
+        raise RuntimeError(f"unexpected server output: {line!r}")
+    return int(port)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait, within READY_TIMEOUT, until something accepts connections on the port."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode}")
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.settimeout(1.0)
+            s.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+@contextlib.contextmanager
+def server_process(
+    kind: str, opts: Options, stderr: io.BufferedWriter | Any, profile: Path | None = None
+) -> Iterator[tuple[int, int]]:
+    """Start one server in its own process; yield (pid, port); stop it on the way out."""
+    if kind == "smtp-sink":
+        assert opts.smtp_sink is not None
+        port = free_port()
+        cmd = [opts.smtp_sink]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]  # smtp-sink refuses to run as root
+        # -m: its default cap of 256 sessions would queue W5 in the kernel; -t: as the others
+        cmd += ["-h", "bench", "-m", "20000", "-t", "3600", f"inet:127.0.0.1:{port}", "4096"]
+    else:
+        port = 0
+        cmd = [sys.executable]
+        if profile is not None:
+            cmd += ["-m", "cProfile", "-o", str(profile)]
+        cmd += [str(HERE / "servers.py"), kind, "0", "--max-connections", "20000"]
+        cmd += ["--timeout", "3600"]
+        if opts.uvloop:
+            cmd.append("--uvloop")
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True
+    )
+    opts.children.add(proc)
+    try:
+        if opts.server_cores:
+            os.sched_setaffinity(proc.pid, opts.server_cores)
+        if kind == "smtp-sink":
+            wait_listening(port, proc)
+        else:
+            port = wait_ready_line(proc)
+        yield proc.pid, port
+    finally:
+        stop_child(proc, opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+
+
+def drive_smtp_source(work: Workload, port: int, opts: Options) -> client.Outcome:
+    """Run Postfix's smtp-source for a messages or churn workload; fail on a bad exit status."""
+    assert opts.smtp_source is not None
+    cmd = [opts.smtp_source, "-M", "bench", "-l", str(work.size), "-m", str(work.count)]
+    cmd += ["-s", str(work.sessions)]
+    if work.kind == "messages":
+        cmd.append("-d")  # keep each session's connection for all its messages
+    cmd.append(f"inet:127.0.0.1:{port}")
+    start = time.perf_counter()
+    done = subprocess.run(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=opts.run_timeout,
+        start_new_session=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({done.returncode}): {done.stderr[-500:]!r}")
+    connections = work.count if work.kind == "churn" else work.sessions
+    return client.Outcome(
+        messages=work.count,
+        connections=connections,
+        payload_bytes=work.count * work.size,
+        seconds=seconds,
+    )
+
+
+def drive_asyncio(
+    work: Workload, port: int, opts: Options, while_held: Callable[[], None]
+) -> client.Outcome:
+    """Run bench/client.py's coroutine for the workload, within the run timeout."""
+    if work.kind == "messages":
+        coro = client.messages(
+            port,
+            sessions=work.sessions,
+            count=work.count,
+            size=work.size,
+            pipelined=work.pipelined,
+        )
+    elif work.kind == "churn":
+        coro = client.churn(port, connections=work.count, concurrency=work.sessions, size=work.size)
+    else:
+        coro = client.idle(port, connections=work.count, while_held=while_held)
+    return asyncio.run(asyncio.wait_for(coro, opts.run_timeout))
+
+
+def measure(work: Workload, client_name: str, server: str, rnd: int, opts: Options) -> Run:
+    """One fresh server, one client run; never raises for a failed run (it is recorded)."""
+    run = Run(work.name, client_name, server, rnd)
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            with server_process(server, opts, stderr) as (pid, port):
+                run.baseline_rss_kib = proc_memory_kib(pid)[0]
+                cpu_before = proc_cpu_seconds(pid)
+
+                def while_held() -> None:
+                    time.sleep(0.2)  # let the server finish its bookkeeping of the last one
+                    run.held_rss_kib = proc_memory_kib(pid)[0]
+
+                if client_name == "smtp-source":
+                    outcome = drive_smtp_source(work, port, opts)
+                else:
+                    outcome = drive_asyncio(work, port, opts, while_held)
+                run.cpu_seconds = proc_cpu_seconds(pid) - cpu_before
+                run.peak_rss_kib = proc_memory_kib(pid)[1]
+            run.ok = True
+            run.seconds = outcome.seconds
+            run.messages = outcome.messages
+            run.connections = outcome.connections
+            run.payload_bytes = outcome.payload_bytes
+            run.probe_ok = outcome.probe_ok
+            run.probe_seconds = outcome.probe_seconds
+            run.pipelining_advertised = outcome.pipelining_advertised
+            if work.kind == "idle" and outcome.connections:
+                grown = run.held_rss_kib - run.baseline_rss_kib
+                run.rss_per_connection_kib = grown / outcome.connections
+        except (RuntimeError, OSError, client.ClientError, TimeoutError) as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+        except subprocess.TimeoutExpired:
+            run.error = f"timed out after {opts.run_timeout:.0f} s"
+        if not run.ok:
+            stderr.seek(0)
+            tail = stderr.read()[-800:].decode(errors="replace").strip()
+            if tail:
+                run.error += f" | server stderr: {tail}"
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def find_postfix_tool(name: str) -> str | None:
+    """The path of smtp-source or smtp-sink, if installed."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in POSTFIX_DIRS:
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def install_postfix() -> None:
+    """Install Debian's postfix package unconfigured, and make sure no Postfix daemon runs."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("smtp-source not found, and cannot apt-get install postfix here", file=sys.stderr)
+        return
+    print("installing Debian's postfix package for smtp-source/smtp-sink ...", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    preseed = b"postfix postfix/main_mailer_type select No configuration\n"
+    steps = (
+        (["debconf-set-selections"], preseed),
+        (["apt-get", "update", "-qq"], None),
+        (["apt-get", "install", "-y", "-qq", "postfix"], None),
+    )
+    for cmd, stdin in steps:
+        subprocess.run(cmd, input=stdin, env=env, timeout=600, check=False, capture_output=True)
+    stop_postfix_daemon()
+
+
+def stop_postfix_daemon() -> None:
+    """Stop the Postfix mail system if a package install (or anything) started it."""
+    postfix = find_postfix_tool("postfix")
+    if postfix is None:
+        return
+    status = subprocess.run(
+        [postfix, "status"], capture_output=True, timeout=30, check=False
+    ).returncode
+    if status == 0:
+        subprocess.run([postfix, "stop"], capture_output=True, timeout=60, check=False)
+
+
+def typed_importable() -> bool:
+    """Whether ``typed_smtpd.smtp`` imports in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import typed_smtpd.smtp"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def pick_cores() -> tuple[set[int] | None, set[int] | None]:
+    """(client cores, server cores): one core each when two or more are available."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    return {cores[0]}, {cores[1]}
+
+
+def raise_nofile() -> int:
+    """Raise the soft open-files limit to the hard limit; return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or 'absent'."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def median_or_none(values: list[float]) -> float | None:
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
+
+
+def summarise(
+    runs: list[Run], servers: list[str], workloads: dict[str, Workload]
+) -> list[dict[str, Any]]:
+    """Per (workload, client): medians per server and medians of the per-round ratios."""
+    out: list[dict[str, Any]] = []
+    keys = sorted({(r.workload, r.client) for r in runs}, key=lambda k: (k[0], k[1]))
+    for name, client_name in keys:
+        work = workloads[name]
+        group = [r for r in runs if (r.workload, r.client) == (name, client_name)]
+        per_server: dict[str, dict[str, Any]] = {}
+        for server in servers:
+            ok = [r for r in group if r.server == server and r.ok]
+            failed = [r for r in group if r.server == server and not r.ok]
+            if not ok and not failed:
+                continue
+            secs = median_or_none([r.seconds for r in ok])
+            entry: dict[str, Any] = {
+                "runs": len(ok),
+                "failed": len(failed),
+                "errors": sorted({r.error for r in failed}),
+                "seconds": secs,
+                "cpu_seconds": median_or_none([r.cpu_seconds for r in ok]),
+                "peak_rss_mib": median_or_none([r.peak_rss_kib / KIB for r in ok]),
+                "rss_growth_mib": median_or_none(
+                    [(r.peak_rss_kib - r.baseline_rss_kib) / KIB for r in ok]
+                ),
+            }
+            if secs:
+                if work.kind == "idle":
+                    entry["connections_per_s"] = work.count / secs
+                else:
+                    entry["messages_per_s"] = work.count / secs
+                    entry["mb_per_s"] = work.count * work.size / secs / 1e6
+            if work.kind == "idle":
+                entry["held"] = median_or_none([float(r.connections) for r in ok])
+                entry["rss_per_connection_kib"] = median_or_none(
+                    [r.rss_per_connection_kib for r in ok]
+                )
+                entry["probe_ok"] = bool(ok) and all(r.probe_ok for r in ok)
+            per_server[server] = entry
+        ratios: dict[str, float | None] = {}
+        for other in ("aiosmtpd", "ceiling", "smtp-sink"):
+            ratios[f"typed/{other}"] = round_ratio(group, "typed", other, work)
+        if work.kind == "idle":
+            ratios["rss_per_connection typed/aiosmtpd"] = rss_ratio(group)
+        out.append({"workload": name, "client": client_name, "servers": per_server, **ratios})
+    return out
+
+
+def round_ratio(group: list[Run], a: str, b: str, work: Workload) -> float | None:
+    """Median over rounds of speed(a)/speed(b), i.e. time(b)/time(a), pairing runs by round."""
+    del work
+    times_a = {r.round: r.seconds for r in group if r.server == a and r.ok and r.seconds > 0}
+    times_b = {r.round: r.seconds for r in group if r.server == b and r.ok and r.seconds > 0}
+    pairs = [times_b[k] / times_a[k] for k in times_a.keys() & times_b.keys()]
+    return statistics.median(pairs) if pairs else None
+
+
+def rss_ratio(group: list[Run]) -> float | None:
+    """Median over rounds of RSS per idle connection, typed_smtpd / aiosmtpd (lower is better)."""
+    a = {r.round: r.rss_per_connection_kib for r in group if r.server == "typed" and r.ok}
+    b = {r.round: r.rss_per_connection_kib for r in group if r.server == "aiosmtpd" and r.ok}
+    pairs = [a[k] / b[k] for k in a.keys() & b.keys() if b[k] > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """Format a number, or a dash for none."""
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(
+    summary: list[dict[str, Any]], workloads: dict[str, Workload], out: Any = sys.stdout
+) -> None:
+    """The human-readable tables."""
+    for block in summary:
+        work = workloads[block["workload"]]
+        size = f"{work.size // MIB} MiB" if work.size >= MIB else f"{work.size // KIB} KiB"
+        scale = f"{work.count:,} x {size}" if work.kind != "idle" else f"{work.count:,} held"
+        print(f"\n{work.name}  {work.title}  [now: {scale}; client: {block['client']}]", file=out)
+        if work.kind == "idle":
+            print(
+                f"  {'server':<10}{'held':>7}{'open s':>9}{'conn/s':>9}{'KiB/conn':>10}"
+                f"{'probe':>7}{'cpu s':>8}{'peak MiB':>10}",
+                file=out,
+            )
+        else:
+            print(
+                f"  {'server':<10}{'median s':>9}{'msg/s':>10}{'MB/s':>9}{'cpu s':>8}"
+                f"{'peak MiB':>10}{'growth MiB':>11}",
+                file=out,
+            )
+        for server, e in block["servers"].items():
+            label = server + (f" ({e['failed']} failed)" if e["failed"] else "")
+            if work.kind == "idle":
+                print(
+                    f"  {label:<10}{fmt(e.get('held'), '.0f'):>7}{fmt(e['seconds'], '.2f'):>9}"
+                    f"{fmt(e.get('connections_per_s'), '.0f'):>9}"
+                    f"{fmt(e.get('rss_per_connection_kib'), '.1f'):>10}"
+                    f"{'ok' if e.get('probe_ok') else 'FAIL':>7}"
+                    f"{fmt(e['cpu_seconds'], '.2f'):>8}{fmt(e['peak_rss_mib'], '.1f'):>10}",
+                    file=out,
+                )
+            else:
+                print(
+                    f"  {label:<10}{fmt(e['seconds'], '.3f'):>9}"
+                    f"{fmt(e.get('messages_per_s'), '.0f'):>10}"
+                    f"{fmt(e.get('mb_per_s'), '.1f'):>9}{fmt(e['cpu_seconds'], '.2f'):>8}"
+                    f"{fmt(e['peak_rss_mib'], '.1f'):>10}{fmt(e['rss_growth_mib'], '.1f'):>11}",
+                    file=out,
+                )
+            for error in e["errors"][:2]:
+                print(f"      error: {error[:300]}", file=out)
+        ratios = [
+            f"{k} {v:.2f}x" for k, v in block.items() if k.startswith(("typed/", "rss_")) and v
+        ]
+        if ratios:
+            print("  " + "   ".join(ratios), file=out)
+
+
+TARGETS: dict[str, float] = {"W1": 1.8, "W2": 5.0, "W3": 8.0, "W4": 3.0, "W6": 5.0}
+CEILING_TARGET = 0.6
+W3_MB_PER_S = 300.0
+W5_RSS_TARGET = 0.5
+
+
+def verdict(
+    block: dict[str, Any], what: str, value: float | None, goal: float, higher: bool = True
+) -> dict[str, Any]:
+    """One target's record: the figure, the goal, and whether it is met."""
+    met = value is not None and (value >= goal if higher else value <= goal)
+    return {
+        "workload": block["workload"],
+        "client": block["client"],
+        "target": what,
+        "value": value,
+        "goal": goal,
+        "met": met,
+    }
+
+
+def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[str, Any]]:
+    """The issue's targets, judged on the smtp-source figures where there are any."""
+    verdicts: list[dict[str, Any]] = []
+    by_workload: dict[str, dict[str, Any]] = {}
+    for block in summary:
+        current = by_workload.get(block["workload"])
+        if current is None or block["client"] == "smtp-source":
+            by_workload[block["workload"]] = block
+    for name, block in sorted(by_workload.items()):
+        typed = block["servers"].get("typed")
+        if typed is None:
+            continue
+        if name in TARGETS:
+            verdicts.append(
+                verdict(block, "typed/aiosmtpd", block["typed/aiosmtpd"], TARGETS[name])
+            )
+        if name == "W3":
+            verdicts.append(verdict(block, "MB/s", typed.get("mb_per_s"), W3_MB_PER_S))
+        if name == "W5":
+            ratio = block.get("rss_per_connection typed/aiosmtpd")
+            verdicts.append(
+                verdict(block, "RSS/conn typed/aiosmtpd", ratio, W5_RSS_TARGET, higher=False)
+            )
+            held = typed.get("held") if typed.get("probe_ok") else None
+            verdicts.append(
+                verdict(block, "connections held, new one answered", held, float(wanted_idle))
+            )
+        verdicts.append(verdict(block, "typed/ceiling", block["typed/ceiling"], CEILING_TARGET))
+    return verdicts
+
+
+def print_targets(verdicts: list[dict[str, Any]]) -> None:
+    """One line per target."""
+    if not verdicts:
+        return
+    print("\nTargets (issue figures; smtp-source client where it applies):")
+    for v in verdicts:
+        mark = "met " if v["met"] else "MISS"
+        value = fmt(v["value"], ".2f")
+        sign = ">=" if v["target"] != "RSS/conn typed/aiosmtpd" else "<="
+        print(
+            f"  [{mark}] {v['workload']} {v['target']}: {value} ({sign} {v['goal']:g})"
+            f"  [{v['client']}]"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# profile
+
+
+def profile_typed(work: Workload, opts: Options, top: int) -> str:
+    """Run typed_smtpd's server under cProfile for one workload; return the top functions."""
+    import pstats
+
+    client_name = "smtp-source" if opts.smtp_source and "smtp-source" in work.clients() else ""
+    client_name = client_name or "asyncio"
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as stderr:
+        path = Path(tmp) / "typed.prof"
+        with server_process("typed", opts, stderr, profile=path) as (_pid, port):
+            if client_name == "smtp-source":
+                outcome = drive_smtp_source(work, port, opts)
+            else:
+                outcome = drive_asyncio(work, port, opts, lambda: None)
+        if not path.exists():
+            stderr.seek(0)
+            return f"no profile written: {stderr.read()[-500:]!r}"
+        text = io.StringIO()
+        stats = pstats.Stats(str(path), stream=text)
+        stats.sort_stats("tottime").print_stats(top)
+    head = f"profile of typed_smtpd on {work.name} [{client_name}], {outcome.seconds:.3f} s\n"
+    return head + text.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shrink every workload about 10x")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. W1,W3")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per server (default 3)")
+    parser.add_argument("--json", type=Path, help="also write every run and the summary here")
+    parser.add_argument("--servers", default=",".join(ALL_SERVERS))
+    parser.add_argument("--clients", default=",".join(ALL_CLIENTS))
+    parser.add_argument("--uvloop", action="store_true", help="run the Python servers on uvloop")
+    parser.add_argument("--timeout", type=float, help="seconds per run (default 300, quick 60)")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="after the runs, profile typed_smtpd's server on these workloads (e.g. W1,W3)",
+    )
+    parser.add_argument("--profile-top", type=int, default=15)
+    return parser.parse_args(argv)
+
+
+def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
+    """The requested workloads, shrunk for --quick and capped by the open-files limit."""
+    chosen: list[Workload] = []
+    nofile = raise_nofile()
+    for name in [n.strip().upper() for n in names.split(",") if n.strip()]:
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+        work = WORKLOADS[name]
+        if args.quick:
+            work = replace(work, count=max(work.sessions, work.count // 10))
+        if work.kind == "idle" and work.count > nofile - IDLE_FD_MARGIN:
+            capped = max(1, nofile - IDLE_FD_MARGIN)
+            print(
+                f"note: {name} capped at {capped} idle connections (RLIMIT_NOFILE is {nofile})",
+                file=sys.stderr,
+            )
+            work = replace(work, count=capped)
+        chosen.append(work)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status (1 if any run failed)."""
+    args = parse_args(argv)
+    workloads = select_workloads(args, args.workloads)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    unknown = (set(servers) - set(ALL_SERVERS)) | (set(clients) - set(ALL_CLIENTS))
+    if unknown:
+        raise SystemExit(f"unknown server or client: {', '.join(sorted(unknown))}")
+    if "typed" in servers and not typed_importable():
+        print("warning: typed_smtpd.smtp does not import; leaving typed_smtpd out", file=sys.stderr)
+        servers.remove("typed")
+    if "aiosmtpd" in servers and package_version("aiosmtpd") == "absent":
+        print("warning: aiosmtpd is not installed; leaving it out", file=sys.stderr)
+        servers.remove("aiosmtpd")
+    smtp_source = find_postfix_tool("smtp-source")
+    if smtp_source is None and not args.no_install:
+        install_postfix()
+        smtp_source = find_postfix_tool("smtp-source")
+    smtp_sink = find_postfix_tool("smtp-sink")
+    stop_postfix_daemon()
+    if smtp_source is None and "smtp-source" in clients:
+        print("warning: no smtp-source; the asyncio client only", file=sys.stderr)
+        clients.remove("smtp-source")
+    if smtp_sink is None and "smtp-sink" in servers:
+        print("warning: no smtp-sink; leaving the C reference out", file=sys.stderr)
+        servers.remove("smtp-sink")
+    client_cores, server_cores = pick_cores()
+    opts = Options(
+        server_cores=server_cores,
+        client_cores=client_cores,
+        run_timeout=args.timeout or (60.0 if args.quick else 300.0),
+        uvloop=args.uvloop,
+        smtp_source=smtp_source,
+        smtp_sink=smtp_sink,
+    )
+    if client_cores:
+        os.sched_setaffinity(0, client_cores)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    machine = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "client_cores": sorted(client_cores or []),
+        "server_cores": sorted(server_cores or []),
+        "aiosmtpd": package_version("aiosmtpd"),
+        "typed_smtpd": package_version("typed-smtpd"),
+        "loop": "uvloop" if args.uvloop else "asyncio",
+        "smtp_source": smtp_source,
+        "smtp_sink": smtp_sink,
+        "load_average_start": os.getloadavg()[0],
+    }
+    print(
+        f"servers: {', '.join(servers)}; clients: {', '.join(clients)}; "
+        f"rounds: {args.repeat}; cores client {machine['client_cores']} "
+        f"server {machine['server_cores']}; loop: {machine['loop']}; "
+        f"load average {machine['load_average_start']:.2f}",
+        file=sys.stderr,
+    )
+    if machine["load_average_start"] > 0.5:
+        print("warning: the machine is busy; absolute figures will be low", file=sys.stderr)
+    runs: list[Run] = []
+    profiles: list[str] = []
+    started = time.monotonic()
+    try:
+        for work in workloads:
+            for client_name in [c for c in clients if c in work.clients()]:
+                for rnd in range(args.repeat):
+                    order = servers[rnd % len(servers) :] + servers[: rnd % len(servers)]
+                    if rnd % 2:
+                        order.reverse()
+                    for server in order:
+                        run = measure(work, client_name, server, rnd, opts)
+                        runs.append(run)
+                        status = f"{run.seconds:.3f} s" if run.ok else f"FAILED {run.error}"
+                        print(
+                            f"  {work.name} {client_name:<11} round {rnd} {server:<9} {status}",
+                            file=sys.stderr,
+                        )
+        if args.profile and "typed" in servers:
+            for work in select_workloads(args, args.profile):
+                profiles.append(profile_typed(work, opts, args.profile_top))
+    except KeyboardInterrupt:
+        print("\ninterrupted; reporting what ran", file=sys.stderr)
+    finally:
+        kill_children(opts)
+    chosen = {w.name: w for w in workloads}
+    summary = summarise(runs, servers, chosen)
+    idle_wanted = max((w.count for w in workloads if w.kind == "idle"), default=0)
+    verdicts = check_targets(summary, idle_wanted)
+    print(
+        f"typed_smtpd {machine['typed_smtpd']} vs aiosmtpd {machine['aiosmtpd']}, "
+        f"Python {machine['python']} ({machine['loop']}), {machine['cpus']} CPUs, "
+        f"{args.repeat} rounds{' (quick)' if args.quick else ''}, "
+        f"{time.monotonic() - started:.0f} s, load average "
+        f"{machine['load_average_start']:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    )
+    print("ratios are medians of per-round ratios of speed (time of the other / time of typed)")
+    print_report(summary, chosen)
+    print_targets(verdicts)
+    for text in profiles:
+        print("\n" + text)
+    if args.json:
+        payload = {
+            "machine": machine,
+            "quick": args.quick,
+            "rounds": args.repeat,
+            "workloads": [asdict(w) for w in workloads],
+            "runs": [asdict(r) for r in runs],
+            "summary": summary,
+            "targets": verdicts,
+            "profiles": profiles,
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0 if runs and all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Start one benchmark server in this process: typed_smtpd, aiosmtpd or the bare ceiling sink.
+
+Usage: ``python bench/servers.py typed|aiosmtpd|ceiling PORT [--max-connections N]
+[--timeout SECONDS] [--uvloop]``.
+
+Every server is started the same way, with ``loop.create_server`` on 127.0.0.1 and the same
+hook-less ``Sink`` handler, so the comparison measures the protocol implementations and nothing
+else. PORT 0 picks a free port. Once listening, the process prints ``READY <port>`` on stdout; it
+exits cleanly on SIGTERM or SIGINT, so a profiler wrapping it (``python -m cProfile -o``) gets to
+write its output. Nothing here measures anything: the harness reads CPU time and memory from
+/proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import resource
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HOSTNAME = "bench"
+LISTEN_BACKLOG = 4096
+
+
+class Sink:
+    """The handler every server gets: no hooks at all, so each server answers its defaults."""
+
+
+def raise_nofile() -> int:
+    """Raise the soft open-files limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.Protocol]:
+    """Build typed_smtpd's protocol factory, with one connection tracker for the listener."""
+    from typed_smtpd import smtp
+
+    tracker = smtp.ConnectionTracker(max_connections=max_connections)
+    handler = Sink()
+
+    def factory() -> asyncio.Protocol:
+        protocol = smtp.SMTP(handler, hostname=HOSTNAME, timeout=timeout)
+        protocol.connection_tracker = tracker
+        return protocol
+
+    return factory
+
+
+def aiosmtpd_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.Protocol]:
+    """Build aiosmtpd's protocol factory (aiosmtpd has no connection limit to raise)."""
+    del max_connections
+    from aiosmtpd import smtp
+
+    handler = Sink()
+
+    def factory() -> asyncio.Protocol:
+        protocol: Any = smtp.SMTP(handler, hostname=HOSTNAME, timeout=timeout)
+        return protocol  # type: ignore[no-any-return]
+
+    return factory
+
+
+def ceiling_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.Protocol]:
+    """Build the bare ceiling sink's factory (no limits, no timeout, no handler)."""
+    del max_connections, timeout
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ceiling import CeilingSink
+
+    return CeilingSink
+
+
+FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.Protocol]]] = {
+    "typed": typed_factory,
+    "aiosmtpd": aiosmtpd_factory,
+    "ceiling": ceiling_factory,
+}
+
+
+async def serve(kind: str, port: int, max_connections: int, timeout: float) -> None:
+    """Listen until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    factory = FACTORIES[kind](max_connections, timeout)
+    server = await loop.create_server(factory, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"READY {bound}", flush=True)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=sorted(FACTORIES))
+    parser.add_argument("port", type=int)
+    parser.add_argument("--max-connections", type=int, default=20_000)
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    raise_nofile()
+    coro = serve(args.kind, args.port, args.max_connections, args.timeout)
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(coro)
+    else:
+        asyncio.run(coro)
+
+
+if __name__ == "__main__":
+    main()
