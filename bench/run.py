@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, client_cores)
 
     def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt  # the same way out as Ctrl-C: stop children, report what ran
 
     signal.signal(signal.SIGTERM, on_sigterm)
     machine = {
@@ -775,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     profiles: list[str] = []
     started = time.monotonic()
+    interrupted = False
     try:
         for work in workloads:
             for client_name in [c for c in clients if c in work.clients()]:
@@ -794,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
             for work in select_workloads(args, args.profile):
                 profiles.append(profile_typed(work, opts, args.profile_top))
     except KeyboardInterrupt:
+        interrupted = True
         print("\ninterrupted; reporting what ran", file=sys.stderr)
     finally:
         kill_children(opts)
@@ -825,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
             "profiles": profiles,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if interrupted:
+        return 130
     return 0 if runs and all(r.ok for r in runs) else 1
 
 
