@@ -44,6 +44,9 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".")
     session.install(*TEST_DEPS, *INTEROP_DEPS)
     session.run("pytest", "-n", "auto", *session.posargs, env=_hypothesis_env("ci"))
+    if not session.posargs:
+        # The examples in the docstrings, each in its own module's namespace.
+        session.run("pytest", "--doctest-modules", "typed_smtpd", env=_hypothesis_env("ci"))
 
 
 @nox.session(python=TYPECHECK_PYTHON)
