@@ -213,9 +213,9 @@ def test_prepare_message_replaces_forged_trace_headers() -> None:
 def test_prepare_message_keeps_header_values_on_one_line() -> None:
     envelope = make_envelope(mail_from="anne@example.com\r\nBcc: victim@example.com")
     message = MessageBase().prepare_message(make_session(), envelope)
-    assert message["Bcc"] is None
-    assert "\n" not in message.as_string().split("X-MailFrom:")[1].split("\n")[0][:-1]
     assert message["X-MailFrom"] == "anne@example.comBcc: victim@example.com"
+    reparsed = email.message_from_string(message.as_string())
+    assert reparsed["Bcc"] is None
 
 
 def test_prepare_message_with_message_class_and_str_content() -> None:

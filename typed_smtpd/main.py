@@ -1,0 +1,695 @@
+"""The command line: ``typed-smtpd`` and ``python -m typed_smtpd``.
+
+What lives here: the argument parser (aiosmtpd's flags, fixed, plus LMTP, Unix sockets, AUTH from
+a password file, PROXY protocol and limits), :func:`parse_listen`, the password-file
+authenticator, and :func:`main`, which serves until SIGINT or SIGTERM and then shuts down
+cleanly (exit status 0).
+
+The order of start-up matters when started as root: TLS keys and the password file are read and
+the socket is bound first, then the process switches to the user ``nobody``, and only then is the
+handler built, so that files it creates (a Maildir) belong to the user that writes to them.
+
+What must not live here: anything that speaks SMTP (that is :mod:`typed_smtpd.smtp`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import importlib
+import logging
+import os
+import re
+import signal
+import ssl
+import stat
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
+from typing import TYPE_CHECKING, Final
+
+from typed_smtpd import __version__
+from typed_smtpd.session import AuthResult, LoginPassword
+
+if TYPE_CHECKING:
+    from typed_smtpd.session import Envelope, Session
+    from typed_smtpd.smtp import SMTP, ConnectionTracker
+
+__all__ = [
+    "DEFAULT_HANDLER",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_SIZE",
+    "PROG",
+    "FileAuthenticator",
+    "build_parser",
+    "load_auth_file",
+    "main",
+    "parse_listen",
+]
+
+log = logging.getLogger("mail.log")
+
+PROG: Final = "typed-smtpd"
+DEFAULT_HOST: Final = "localhost"
+#: An unprivileged port, so that trying the server out needs no root.
+DEFAULT_PORT: Final = 8025
+DEFAULT_HANDLER: Final = "typed_smtpd.handlers.Debugging"
+#: The largest message accepted unless ``--size`` says otherwise: 32 MiB.
+DEFAULT_SIZE: Final = 33_554_432
+#: Seconds of silence after which a client is disconnected (RFC 5321 section 4.5.3.2 asks for at
+#: least five minutes).
+DEFAULT_TIMEOUT: Final = 300.0
+#: Seconds busy connections get to finish their command or transaction after SIGINT or SIGTERM.
+SHUTDOWN_GRACE: Final = 5.0
+#: Seconds to wait for the listening server to report closed once every connection was told to go.
+_CLOSE_TIMEOUT: Final = 2.0
+
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+_DESCRIPTION: Final = """\
+An SMTP (or LMTP) server that passes every message it receives to a handler class.
+By default the Debugging handler prints each message to standard output."""
+
+_EPILOG: Final = f"""\
+Handler classes take their arguments after the options (use -- before an argument that starts
+with a dash). Built in: typed_smtpd.handlers.Debugging [stdout|stderr], .Sink, .Mailbox MAILDIR,
+.Proxy HOST PORT.
+
+Started as root, the server switches to the user "nobody" once it listens, unless -n is given.
+It runs until interrupted (Ctrl-C) or sent SIGTERM, then lets open connections finish for up to
+{SHUTDOWN_GRACE:g} seconds and exits with status 0.
+
+examples:
+  {PROG} -n
+      print every message sent to localhost:8025
+  {PROG} -n -l [::1]:2525 -c typed_smtpd.handlers.Mailbox ./Maildir
+      store messages sent to port 2525 of ::1 in a Maildir
+  {PROG} -l 0.0.0.0:587 --tlscert cert.pem --tlskey key.pem --auth-file users.txt \\
+      -c typed_smtpd.handlers.Proxy smtp.example.com 25
+      a submission server: STARTTLS, then AUTH, relaying to smtp.example.com
+  {PROG} -n --lmtp --unix-socket /run/lmtp.sock -c typed_smtpd.handlers.Mailbox /srv/mail
+      an LMTP server on a Unix socket
+"""
+
+
+# --- argument types ------------------------------------------------------------------------------
+
+
+def parse_listen(
+    value: str, *, default_host: str = DEFAULT_HOST, default_port: int = DEFAULT_PORT
+) -> tuple[str, int]:
+    """Split a ``--listen`` value, ``[HOST][:PORT]``, into a host and a port.
+
+    >>> parse_listen("127.0.0.1:25")
+    ('127.0.0.1', 25)
+    >>> parse_listen("[::1]:2525")
+    ('::1', 2525)
+    >>> parse_listen("::1")
+    ('::1', 8025)
+    >>> parse_listen(":2525")
+    ('localhost', 2525)
+
+    An IPv6 address with a port goes in brackets; without brackets, a value with more than one
+    colon is an IPv6 address without port. A missing part takes its default; port 0 asks the
+    system for a free port. Raises :class:`ValueError` for anything else.
+    """
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' in {value!r}")
+        host, rest = value[1:end], value[end + 1 :]
+        _check_ipv6(host)
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected ':PORT' after ']' in {value!r}")
+        port_text = rest[1:]
+    elif value.count(":") > 1:
+        _check_ipv6(value)
+        host, port_text = value, ""
+    else:
+        host, _, port_text = value.partition(":")
+        if any(c.isspace() for c in host) or _CONTROL.search(host):
+            raise ValueError(f"invalid host name {host!r}")
+    return host or default_host, _parse_port(port_text) if port_text else default_port
+
+
+def _check_ipv6(host: str) -> None:
+    try:
+        IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv6 address") from None
+
+
+def _parse_port(text: str) -> int:
+    if not _PORT.fullmatch(text) or int(text) > 65535:
+        raise ValueError(f"invalid port {text!r}: expected a number from 0 to 65535")
+    return int(text)
+
+
+def _listen_type(value: str) -> tuple[str, int]:
+    try:
+        return parse_listen(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _non_negative_int(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value!r}")
+    return int(value)
+
+
+def _positive_int(value: str) -> int:
+    number = _non_negative_int(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, not 0")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {value!r}")
+    return number
+
+
+def _one_line(value: str) -> str:
+    if not value or _CONTROL.search(value):
+        raise argparse.ArgumentTypeError(
+            f"expected non-empty text without control characters: {value!r}"
+        )
+    return value
+
+
+# --- AUTH from a password file -------------------------------------------------------------------
+
+
+def load_auth_file(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
+    """Read ``user:password`` lines (UTF-8) into a mapping of login to password.
+
+    Blank lines and lines starting with ``#`` are skipped; the password is everything after the
+    first colon. Raises :class:`OSError` if the file cannot be read and :class:`ValueError`
+    naming the line if a line is malformed or a user appears twice.
+    """
+    with open(path, encoding="utf-8") as file:
+        lines = file.read().splitlines()
+    credentials: dict[bytes, bytes] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, colon, password = line.partition(":")
+        if not colon or not user:
+            raise ValueError(f"line {number}: expected user:password")
+        login = user.encode("utf-8")
+        if login in credentials:
+            raise ValueError(f"line {number}: user {user!r} appears twice")
+        credentials[login] = password.encode("utf-8")
+    if not credentials:
+        raise ValueError("no user:password line")
+    return credentials
+
+
+class FileAuthenticator:
+    """An ``authenticator`` for the built-in PLAIN and LOGIN mechanisms, from fixed credentials.
+
+    Passwords are compared in constant time (SHA-256 digests through :func:`hmac.compare_digest`,
+    so not even the length leaks), and an unknown user costs the same comparison as a known one.
+    On success, :attr:`Session.auth_data` is the login as text.
+    """
+
+    def __init__(self, credentials: Mapping[bytes, bytes]) -> None:
+        self._digests = {login: hashlib.sha256(pw).digest() for login, pw in credentials.items()}
+        self._unknown = hashlib.sha256(os.urandom(32)).digest()
+
+    def __call__(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: object,
+    ) -> AuthResult:
+        """Decide one AUTH attempt."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        expected = self._digests.get(auth_data.login)
+        given = hashlib.sha256(auth_data.password).digest()
+        matches = hmac.compare_digest(given, self._unknown if expected is None else expected)
+        if matches and expected is not None:
+            return AuthResult(success=True, auth_data=auth_data.login.decode("utf-8", "replace"))
+        return AuthResult(success=False, handled=False)
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the command line."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("-v", "--version", action="version", version=f"{PROG} {__version__}")
+    add(
+        "-n",
+        "--nosetuid",
+        dest="setuid",
+        action="store_false",
+        help='when started as root, keep running as root instead of switching to "nobody"',
+    )
+    add(
+        "-c",
+        "--class",
+        dest="classpath",
+        metavar="CLASSPATH",
+        default=DEFAULT_HANDLER,
+        help=f"the handler class, as module.Class (default: {DEFAULT_HANDLER})",
+    )
+    add(
+        "-s",
+        "--size",
+        type=_non_negative_int,
+        default=DEFAULT_SIZE,
+        metavar="BYTES",
+        help=f"largest message accepted, 0 for no limit (default: {DEFAULT_SIZE:,} bytes)",
+    )
+    add("-u", "--smtputf8", action="store_true", help="offer SMTPUTF8 (RFC 6531)")
+    add(
+        "-d",
+        "--debug",
+        action="count",
+        default=0,
+        help="log more: -d informational, -dd debug, -ddd asyncio's debug mode too",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "-l",
+        "--listen",
+        type=_listen_type,
+        metavar="[HOST][:PORT]",
+        help=f"TCP address to listen on; IPv6 in brackets: [::1]:25 "
+        f"(default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    )
+    where.add_argument("--unix-socket", metavar="PATH", help="listen on a Unix socket instead")
+    add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
+    add(
+        "--hostname",
+        type=_one_line,
+        metavar="NAME",
+        help="the name the server gives in its greeting (default: this host's name)",
+    )
+    add("--ident", type=_one_line, metavar="TEXT", help="the text after the name in the greeting")
+    add(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"disconnect a client that stays silent this long (default: {DEFAULT_TIMEOUT:g})",
+    )
+    add(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="clients served at once; more are told 421 (default: no limit)",
+    )
+    add(
+        "--decode-data",
+        action="store_true",
+        help="give handlers the message as text (UTF-8) rather than bytes",
+    )
+    add(
+        "--proxy-protocol",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="expect a PROXY protocol header (v1 or v2) first, within SECONDS",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--smtpscert", metavar="FILE", help="certificate for implicit TLS (SMTPS)")
+    tls.add_argument("--smtpskey", metavar="FILE", help="private key for implicit TLS (SMTPS)")
+    tls.add_argument("--tlscert", metavar="FILE", help="certificate for STARTTLS")
+    tls.add_argument("--tlskey", metavar="FILE", help="private key for STARTTLS")
+    tls.add_argument(
+        "--no-requiretls",
+        dest="requiretls",
+        action="store_false",
+        help="with STARTTLS, accept mail from clients that do not use it",
+    )
+    auth = parser.add_argument_group("authentication")
+    auth.add_argument(
+        "--auth-file",
+        metavar="PATH",
+        help="require AUTH (PLAIN, LOGIN) with the user:password lines of PATH; without TLS the "
+        "passwords travel in clear (a warning says so)",
+    )
+    add(
+        "classargs",
+        metavar="CLASSARGS",
+        nargs="*",
+        default=[],
+        help="arguments for the handler class",
+    )
+    return parser
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    """Everything the server needs, checked and loaded before anything binds."""
+
+    handler_factory: Callable[..., object]
+    handler_path: str
+    handler_args: tuple[str, ...]
+    host: str
+    port: int
+    unix_socket: str | None
+    lmtp: bool
+    setuid: bool
+    debug: int
+    ssl_context: ssl.SSLContext | None
+    max_connections: int | None
+    smtp: _SMTPOptions
+
+
+@dataclass(frozen=True, slots=True)
+class _SMTPOptions:
+    """The keyword arguments of :class:`~typed_smtpd.smtp.SMTP` the command line sets."""
+
+    data_size_limit: int | None
+    enable_SMTPUTF8: bool
+    decode_data: bool
+    hostname: str | None
+    ident: str | None
+    tls_context: ssl.SSLContext | None
+    require_starttls: bool
+    timeout: float
+    auth_required: bool
+    auth_require_tls: bool
+    authenticator: FileAuthenticator | None
+    auth_exclude_mechanism: tuple[str, ...] = field(default=())
+    proxy_protocol_timeout: float | None = None
+
+
+def _load_handler_factory(parser: argparse.ArgumentParser, path: str) -> Callable[..., object]:
+    module_name, dot, name = path.rpartition(".")
+    if not dot or not module_name or not name:
+        parser.error(f"-c wants module.Class, not {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        parser.error(f"cannot import {module_name!r} for -c {path}: {error}")
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        parser.error(f"{module_name!r} has no class {name!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def _build_handler(
+    parser: argparse.ArgumentParser,
+    factory: Callable[..., object],
+    path: str,
+    args: Sequence[str],
+) -> object:
+    from_cli = getattr(factory, "from_cli", None)
+    if callable(from_cli):
+        return from_cli(parser, *args)
+    if args:
+        parser.error(f"{path} takes no arguments (it has no from_cli classmethod)")
+    try:
+        return factory()
+    except TypeError as error:
+        parser.error(f"cannot create {path} without arguments: {error}")
+
+
+def _tls_context(
+    parser: argparse.ArgumentParser, cert: str | None, key: str | None, flags: str
+) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        parser.error(f"{flags} must be given together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        parser.error(f"cannot load the certificate {cert} with the key {key}: {error}")
+    return context
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _configure(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> _Config:
+    smtps = _tls_context(parser, ns.smtpscert, ns.smtpskey, "--smtpscert and --smtpskey")
+    starttls = _tls_context(parser, ns.tlscert, ns.tlskey, "--tlscert and --tlskey")
+    if smtps is not None and starttls is not None:
+        parser.error("choose implicit TLS (--smtpscert) or STARTTLS (--tlscert), not both")
+    authenticator = None
+    if ns.auth_file is not None:
+        try:
+            authenticator = FileAuthenticator(load_auth_file(ns.auth_file))
+            mode = os.stat(ns.auth_file).st_mode
+        except (OSError, ValueError) as error:
+            parser.error(f"--auth-file {ns.auth_file}: {error}")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            _warn(f"{ns.auth_file} can be read by other users")
+        if smtps is None and starttls is None:
+            _warn("AUTH is offered without TLS: passwords will cross the network in clear")
+    host, port = ns.listen if ns.listen is not None else (DEFAULT_HOST, DEFAULT_PORT)
+    return _Config(
+        handler_factory=_load_handler_factory(parser, ns.classpath),
+        handler_path=ns.classpath,
+        handler_args=tuple(ns.classargs),
+        host=host,
+        port=port,
+        unix_socket=ns.unix_socket,
+        lmtp=ns.lmtp,
+        setuid=ns.setuid,
+        debug=ns.debug,
+        ssl_context=smtps,
+        max_connections=ns.max_connections,
+        smtp=_SMTPOptions(
+            data_size_limit=ns.size or None,
+            enable_SMTPUTF8=ns.smtputf8,
+            decode_data=ns.decode_data,
+            hostname=ns.hostname,
+            ident=ns.ident,
+            tls_context=starttls,
+            require_starttls=starttls is not None and ns.requiretls,
+            timeout=ns.timeout,
+            auth_required=authenticator is not None,
+            # Under TLS, AUTH waits for it; with no TLS at all there is nothing to wait for.
+            auth_require_tls=authenticator is None or smtps is not None or starttls is not None,
+            authenticator=authenticator,
+            # CRAM-MD5 needs the stored password itself, which the password file does not serve.
+            auth_exclude_mechanism=("CRAM-MD5",) if authenticator is not None else (),
+            proxy_protocol_timeout=ns.proxy_protocol,
+        ),
+    )
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+class _StartError(Exception):
+    """The server could not start; the message is shown as is."""
+
+
+@dataclass(slots=True)
+class _ProtocolFactory:
+    """Builds one protocol instance per connection, sharing the handler and the tracker."""
+
+    server_class: type[SMTP]
+    options: _SMTPOptions
+    tracker: ConnectionTracker
+    handler: object = None
+
+    def __call__(self) -> SMTP:
+        o = self.options
+        protocol = self.server_class(
+            self.handler,
+            data_size_limit=o.data_size_limit,
+            enable_SMTPUTF8=o.enable_SMTPUTF8,
+            decode_data=o.decode_data,
+            hostname=o.hostname,
+            ident=o.ident,
+            tls_context=o.tls_context,
+            require_starttls=o.require_starttls,
+            timeout=o.timeout,
+            auth_required=o.auth_required,
+            auth_require_tls=o.auth_require_tls,
+            auth_exclude_mechanism=o.auth_exclude_mechanism,
+            authenticator=o.authenticator,
+            proxy_protocol_timeout=o.proxy_protocol_timeout,
+        )
+        protocol.connection_tracker = self.tracker
+        return protocol
+
+
+def _switch_to_nobody() -> None:
+    """Give up root for the user ``nobody``: groups, group, then user, in that order."""
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    except (KeyError, OSError) as error:
+        raise _StartError(
+            f'cannot switch to the user "nobody" ({error}); use -n to stay root'
+        ) from None
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return f"unix:{address}"
+
+
+def _where(config: _Config) -> str:
+    """Where the server was asked to listen, for messages."""
+    if config.unix_socket is not None:
+        return f"unix:{config.unix_socket}"
+    return _format_address((config.host, config.port))
+
+
+def _socket_identity(path: str | None) -> tuple[int, int] | None:
+    """The device and inode of the Unix socket file just created at ``path``."""
+    if path is None or path.startswith("\0"):  # Linux's abstract namespace has no file
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _remove_socket_file(path: str | None, identity: tuple[int, int] | None) -> None:
+    """Delete our Unix socket file, unless something else has taken its place meanwhile."""
+    if path is None or identity is None:
+        return
+    with suppress(OSError):
+        info = os.stat(path)
+        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == identity:
+            os.unlink(path)
+
+
+async def _serve(parser: argparse.ArgumentParser, config: _Config) -> None:
+    """Bind, drop privileges, build the handler, serve until a signal, then shut down."""
+    from typed_smtpd.smtp import SMTP, ConnectionTracker
+
+    server_class: type[SMTP] = SMTP
+    if config.lmtp:
+        from typed_smtpd.lmtp import LMTP
+
+        server_class = LMTP
+    loop = asyncio.get_running_loop()
+    tracker = ConnectionTracker(config.max_connections)
+    factory = _ProtocolFactory(server_class, config.smtp, tracker)
+    try:
+        if config.unix_socket is not None:
+            server = await loop.create_unix_server(
+                factory, config.unix_socket, ssl=config.ssl_context, start_serving=False
+            )
+        else:
+            server = await loop.create_server(
+                factory, config.host, config.port, ssl=config.ssl_context, start_serving=False
+            )
+    except OSError as error:
+        # asyncio wraps the reason in a sentence of its own; the errno says it plainly.
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise _StartError(f"cannot listen on {_where(config)}: {reason}") from None
+    socket_file = _socket_identity(config.unix_socket)
+    stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        if config.setuid and hasattr(os, "geteuid") and os.geteuid() == 0:
+            _switch_to_nobody()
+        factory.handler = _build_handler(
+            parser, config.handler_factory, config.handler_path, config.handler_args
+        )
+        for signum in signals:
+            with suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt
+                loop.add_signal_handler(signum, on_signal)
+        await server.start_serving()
+        where = _where(config)
+        if config.unix_socket is None:
+            where = ", ".join(_format_address(sock.getsockname()) for sock in server.sockets)
+        handler_class = type(factory.handler)
+        details = ("LMTP, " if config.lmtp else "") + (
+            "implicit TLS, " if config.ssl_context else ""
+        )
+        print(
+            f"{PROG} {__version__} listening on {where} ({details}handler "
+            f"{handler_class.__module__}.{handler_class.__qualname__})",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+        log.info("shutting down")
+        server.close()
+        # Idle clients get 421 at once, busy ones finish first; a second signal cuts that short.
+        draining = asyncio.ensure_future(tracker.shutdown(SHUTDOWN_GRACE))
+        forced = asyncio.ensure_future(force.wait())
+        await asyncio.wait({draining, forced}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (draining, forced):
+            task.cancel()
+        if sys.version_info >= (3, 13):
+            server.abort_clients()
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), _CLOSE_TIMEOUT)
+    finally:
+        for signum in signals:
+            with suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+        server.close()
+        _remove_socket_file(config.unix_socket, socket_file)
+
+
+def _configure_logging(level: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if level >= 2 else logging.INFO if level == 1 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Run the command line with ``args`` (default: ``sys.argv[1:]``); return the exit status.
+
+    Usage errors exit with status 2 through :class:`SystemExit`, as :mod:`argparse` does; a
+    server that cannot start returns 1; a server stopped by SIGINT or SIGTERM returns 0.
+    """
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    config = _configure(parser, ns)
+    _configure_logging(config.debug)
+    try:
+        asyncio.run(_serve(parser, config), debug=config.debug >= 3)
+    except _StartError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:  # only where signal handlers cannot be installed
+        pass
+    return 0
