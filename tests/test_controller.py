@@ -35,6 +35,7 @@ from typed_smtpd.controller import (
     get_localhost,
     serve,
 )
+from typed_smtpd.lmtp import LMTP
 from typed_smtpd.smtp import SMTP
 
 WAIT: float = 10.0  # upper bound for every wait in these tests; never reached when things work
@@ -626,6 +627,30 @@ def test_smtps_with_ssl_context() -> None:
     assert len(handler.noop_peers) == 1
 
 
+def lmtp_dialog(target: str, port: int, handler: RecordingHandler) -> None:
+    """LHLO, a message and QUIT with the standard library's LMTP client (TCP or Unix socket)."""
+    client = smtplib.LMTP(target, port, timeout=WAIT)
+    try:
+        assert client.ehlo("client.example")[0] == 250  # sent as LHLO
+        assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        assert client.quit()[0] == 221
+    finally:
+        client.close()
+    assert [m[:2] for m in handler.messages] == [("anne@example.com", ["bart@example.com"])]
+
+
+class LMTPController(Controller):
+    def factory(self) -> SMTP:
+        return LMTP(self.handler, **self.SMTP_kwargs)
+
+
+def test_factory_override_serves_lmtp() -> None:
+    handler = RecordingHandler()
+    with LMTPController(handler, hostname="127.0.0.1", port=0) as controller:
+        lmtp_dialog("127.0.0.1", controller.port, handler)
+        assert isinstance(controller.smtpd, LMTP)
+
+
 # --- the threaded Unix socket controller --------------------------------------------------------
 
 
@@ -639,6 +664,17 @@ def test_unix_socket_controller_serves_and_removes_its_file(socket_path: Path) -
         unix_dialog(controller.unix_socket, handler)
     finally:
         controller.stop()
+    assert not socket_path.exists()
+
+
+def test_lmtp_over_a_unix_socket(socket_path: Path) -> None:
+    class UnixLMTP(UnixSocketController):
+        def factory(self) -> SMTP:
+            return LMTP(self.handler, **self.SMTP_kwargs)
+
+    handler = RecordingHandler()
+    with UnixLMTP(handler, socket_path):
+        lmtp_dialog(str(socket_path), 0, handler)
     assert not socket_path.exists()
 
 
@@ -911,6 +947,17 @@ async def test_serve_server_class_and_parameters() -> None:
         )
         assert isinstance(server.smtpd, RecordingSMTP)
     assert len(connections) == 1
+
+
+@pytest.mark.asyncio
+async def test_serve_lmtp() -> None:
+    handler = RecordingHandler()
+    async with serve(handler, hostname="127.0.0.1", port=0, server_class=LMTP) as server:
+        assert server.port is not None
+        await asyncio.wait_for(
+            asyncio.to_thread(lmtp_dialog, "127.0.0.1", server.port, handler), WAIT
+        )
+        assert isinstance(server.smtpd, LMTP)
 
 
 @pytest.mark.asyncio
