@@ -238,8 +238,8 @@ class Receiver:
         if b"\r" in raw:
             if self.policy == "reject":
                 return BadLine(BAD_LINE_ENDING)
-            if self.policy == "normalize":
-                raw = raw.replace(b"\r", b"")
+            # A command never carries a CR on to the hooks, whatever the content policy.
+            raw = raw.replace(b"\r", b"")
         if raw.isascii():
             return Line(raw.decode("ascii"), size)
         if not self.utf8:
