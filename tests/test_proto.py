@@ -108,8 +108,16 @@ def test_parse_path_accepts(path: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["a@example.com", "<a@example.com", "<a b@example.com>", "<@example.com>", "<a@>",
-     "<a@-bad.example>", "<" + "a" * 65 + "@example.com>", "<a@b\r\n.c>"],
+    [
+        "a@example.com",
+        "<a@example.com",
+        "<a b@example.com>",
+        "<@example.com>",
+        "<a@>",
+        "<a@-bad.example>",
+        "<" + "a" * 65 + "@example.com>",
+        "<a@b\r\n.c>",
+    ],
 )
 def test_parse_path_refuses(path: str) -> None:
     with pytest.raises(PathError):
@@ -181,8 +189,13 @@ def test_every_smuggling_sequence_is_a_bare_newline_or_nul(sequence: bytes) -> N
 
 
 def test_process_content() -> None:
-    assert process_content(b"..a\r\nb\r\n", policy="reject", line_length_limit=1001) == b".a\r\nb\r\n"
-    assert process_content(b"a\nb\r\n", policy="reject", line_length_limit=None) is R.DATA_BAD_LINE_ENDING
+    assert (
+        process_content(b"..a\r\nb\r\n", policy="reject", line_length_limit=1001) == b".a\r\nb\r\n"
+    )
+    assert (
+        process_content(b"a\nb\r\n", policy="reject", line_length_limit=None)
+        is R.DATA_BAD_LINE_ENDING
+    )
     assert process_content(b"a\nb\r\n", policy="normalize", line_length_limit=None) == b"a\r\nb\r\n"
     long = b"x" * 1000 + b"\r\n"
     assert process_content(long, policy="reject", line_length_limit=1001) is R.DATA_LINE_TOO_LONG
@@ -209,7 +222,11 @@ def test_receiver_frames_lines() -> None:
 
 @pytest.mark.parametrize(
     ("policy", "expected"),
-    [("reject", BadLine(R.BAD_LINE_ENDING)), ("normalize", Line("NOOP", 5)), ("accept", Line("NOOP", 5))],
+    [
+        ("reject", BadLine(R.BAD_LINE_ENDING)),
+        ("normalize", Line("NOOP", 5)),
+        ("accept", Line("NOOP", 5)),
+    ],
 )
 def test_bare_lf_command(policy: str, expected: object) -> None:
     r = Receiver(max_line=64, policy=policy)  # type: ignore[arg-type]
@@ -280,7 +297,10 @@ def test_sasl_line_limit() -> None:
     r.start_sasl(100)
     assert feed_all(r, b"x" * 80 + b"\r\n") == [Line("x" * 80, 82)]
     r.start_sasl(10)
-    assert feed_all(r, b"x" * 80 + b"\r\nNOOP\r\n") == [BadLine(R.AUTH_LINE_TOO_LONG), Line("NOOP", 6)]
+    assert feed_all(r, b"x" * 80 + b"\r\nNOOP\r\n") == [
+        BadLine(R.AUTH_LINE_TOO_LONG),
+        Line("NOOP", 6),
+    ]
 
 
 @given(data=st.data(), dialog=ts.dialogs())
@@ -362,4 +382,6 @@ def test_limits_validate() -> None:
         Limits(bare_newline="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Limits(max_recipients=0)
-    assert Limits().command_limit("MAIL", extended=True) > Limits().command_limit("MAIL", extended=False)
+    assert Limits().command_limit("MAIL", extended=True) > Limits().command_limit(
+        "MAIL", extended=False
+    )
