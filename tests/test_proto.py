@@ -1,4 +1,4 @@
-"""The sans-IO core, driven directly: framing, parsing, content policy, replies and the state table."""
+"""The sans-IO core, driven directly: framing, parsing, content policy, replies, state table."""
 
 from __future__ import annotations
 

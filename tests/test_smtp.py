@@ -11,7 +11,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from tests.support import Recorder, RawClient, connected, running
+from tests.support import Recorder, connected, running
 from typed_smtpd.proto import replies as R
 from typed_smtpd.session import Envelope, Session
 from typed_smtpd.smtp import SMTP, syntax

@@ -18,11 +18,12 @@ This module needs hypothesis, which comes with the ``testing`` extra:
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from email.utils import format_datetime
+from functools import cache
 from itertools import pairwise
-from typing import Final
+from typing import Final, ParamSpec, TypeVar, cast
 
 try:
     from hypothesis import strategies as st
@@ -153,6 +154,19 @@ DATA, so none of these may ever end a message."""
 
 # -- small helpers -----------------------------------------------------------------------------
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _cached(factory: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Build each strategy once per set of arguments.
+
+    Composites call these factories on every draw; a new strategy object would be validated
+    again each time, which dominates the cost of generation. Strategies are immutable values,
+    so sharing them is safe.
+    """
+    return cast("Callable[_P, _T]", cache(factory))
+
 
 def _octets(text: str) -> int:
     return len(text.encode("utf-8"))
@@ -170,6 +184,7 @@ def _a_label_octets(label: str) -> int:
     return len(b"xn--" + label.encode("punycode"))
 
 
+@_cached
 def _non_ascii_chars() -> st.SearchStrategy[str]:
     # RFC 6532 section 3.1 UTF8-non-ascii, kept to letters, digits, punctuation and symbols:
     # no controls, separators or unassigned code points, so a value stays printable.
@@ -187,6 +202,7 @@ def _xtext(text: str) -> str:
 # -- domains and address literals --------------------------------------------------------------
 
 
+@_cached
 @st.composite
 def _ldh_label(draw: st.DrawFn, max_octets: int) -> str:
     # sub-domain = Let-dig [Ldh-str]; Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig
@@ -199,6 +215,7 @@ def _ldh_label(draw: st.DrawFn, max_octets: int) -> str:
     return head
 
 
+@_cached
 @st.composite
 def _u_label(draw: st.DrawFn, max_octets: int) -> str:
     # The shortest U-label's A-label ("xn--" + a few characters) needs about 8 octets.
@@ -224,6 +241,7 @@ def _u_label(draw: st.DrawFn, max_octets: int) -> str:
     return before + core + after
 
 
+@_cached
 @st.composite
 def _domain(draw: st.DrawFn, utf8: bool, max_octets: int) -> str:
     labels: list[str] = []
@@ -243,6 +261,7 @@ def _domain(draw: st.DrawFn, utf8: bool, max_octets: int) -> str:
     return ".".join(labels)
 
 
+@_cached
 def domains(*, utf8: bool = False) -> st.SearchStrategy[str]:
     """Domain names as RFC 5321 section 4.1.2 ``Domain`` spells them.
 
@@ -255,6 +274,7 @@ def domains(*, utf8: bool = False) -> st.SearchStrategy[str]:
     return _domain(utf8, _MAX_DOMAIN_OCTETS)
 
 
+@_cached
 def address_literals() -> st.SearchStrategy[str]:
     """RFC 5321 section 4.1.3 address literals: ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]``.
 
@@ -271,11 +291,13 @@ def address_literals() -> st.SearchStrategy[str]:
 # -- local parts, mailboxes, paths -------------------------------------------------------------
 
 
+@_cached
 def _atext_chars(utf8: bool) -> st.SearchStrategy[str]:
     ascii_atext = st.sampled_from(_ATEXT)
     return st.one_of(ascii_atext, _non_ascii_chars()) if utf8 else ascii_atext
 
 
+@_cached
 @st.composite
 def _dot_string(draw: st.DrawFn, utf8: bool) -> str:
     # Dot-string = Atom *("." Atom); Atom = 1*atext.
@@ -287,6 +309,7 @@ def _dot_string(draw: st.DrawFn, utf8: bool) -> str:
     return _fit(".".join(atoms), _MAX_LOCAL_PART_OCTETS).rstrip(".")
 
 
+@_cached
 @st.composite
 def _quoted_string(draw: st.DrawFn, utf8: bool) -> str:
     # Quoted-string = DQUOTE *QcontentSMTP DQUOTE; QcontentSMTP = qtextSMTP / quoted-pairSMTP.
@@ -306,6 +329,7 @@ def _quoted_string(draw: st.DrawFn, utf8: bool) -> str:
     return '"' + "".join(content) + '"'
 
 
+@_cached
 def local_parts(*, utf8: bool = False) -> st.SearchStrategy[str]:
     """RFC 5321 section 4.1.2 ``Local-part``: a dot-string or a quoted string.
 
@@ -317,6 +341,7 @@ def local_parts(*, utf8: bool = False) -> st.SearchStrategy[str]:
     return st.one_of(_dot_string(utf8), _quoted_string(utf8))
 
 
+@_cached
 @st.composite
 def _mailbox(draw: st.DrawFn, utf8: bool, literals: bool) -> str:
     local = draw(local_parts(utf8=utf8))
@@ -328,6 +353,7 @@ def _mailbox(draw: st.DrawFn, utf8: bool, literals: bool) -> str:
     return f"{local}@{draw(_domain(utf8, room))}"
 
 
+@_cached
 def mailboxes(*, utf8: bool = False, literals: bool = True) -> st.SearchStrategy[str]:
     """RFC 5321 section 4.1.2 ``Mailbox``: ``Local-part "@" ( Domain / address-literal )``.
 
@@ -338,6 +364,7 @@ def mailboxes(*, utf8: bool = False, literals: bool = True) -> st.SearchStrategy
     return _mailbox(utf8, literals)
 
 
+@_cached
 def reverse_paths(*, utf8: bool = False) -> st.SearchStrategy[str]:
     """What goes between the angle brackets of ``MAIL FROM:<...>`` (RFC 5321 section 4.1.2).
 
@@ -350,6 +377,7 @@ def reverse_paths(*, utf8: bool = False) -> st.SearchStrategy[str]:
 # -- ESMTP parameters --------------------------------------------------------------------------
 
 
+@_cached
 def esmtp_keywords() -> st.SearchStrategy[str]:
     """RFC 5321 section 4.1.2 ``esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")``.
 
@@ -360,6 +388,7 @@ def esmtp_keywords() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(_KNOWN_MAIL_KEYWORDS + _KNOWN_RCPT_KEYWORDS), random_keyword)
 
 
+@_cached
 def esmtp_values() -> st.SearchStrategy[str]:
     """RFC 5321 section 4.1.2 ``esmtp-value = 1*(%d33-60 / %d62-126)``.
 
@@ -369,12 +398,14 @@ def esmtp_values() -> st.SearchStrategy[str]:
     return st.text(_ESMTP_VALUE_CHARS, min_size=1, max_size=40)
 
 
+@_cached
 def _random_params() -> st.SearchStrategy[str]:
     return st.tuples(esmtp_keywords(), st.none() | esmtp_values()).map(
         lambda pair: pair[0] if pair[1] is None else f"{pair[0]}={pair[1]}"
     )
 
 
+@_cached
 def _known_mail_params() -> st.SearchStrategy[str]:
     # RFC 1870 SIZE, RFC 6152 / 3030 BODY, RFC 6531 SMTPUTF8, RFC 3461 RET / ENVID,
     # RFC 4954 AUTH, RFC 8689 REQUIRETLS.
@@ -391,6 +422,7 @@ def _known_mail_params() -> st.SearchStrategy[str]:
     )
 
 
+@_cached
 def _known_rcpt_params() -> st.SearchStrategy[str]:
     # RFC 3461 NOTIFY and ORCPT.
     notify = st.one_of(
@@ -409,11 +441,13 @@ def _param_keyword(param: str) -> str:
     return param.partition("=")[0].upper()
 
 
+@_cached
 def _param_lists(known: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
     # RFC 5321 section 4.1.2 Mail-parameters; no keyword twice.
     return st.lists(st.one_of(known, _random_params()), max_size=5, unique_by=_param_keyword)
 
 
+@_cached
 def esmtp_params() -> st.SearchStrategy[list[str]]:
     """Lists of RFC 5321 ``esmtp-param`` strings, ``"KEY=value"`` or ``"KEY"``.
 
@@ -437,6 +471,7 @@ def _join_params(head: str, params: Sequence[str]) -> str:
     return line
 
 
+@_cached
 @st.composite
 def _mail_command(draw: st.DrawFn, utf8: bool, params: st.SearchStrategy[list[str]] | None) -> str:
     path = draw(reverse_paths(utf8=utf8))
@@ -446,6 +481,7 @@ def _mail_command(draw: st.DrawFn, utf8: bool, params: st.SearchStrategy[list[st
     return _join_params(f"MAIL FROM:<{path}>", chosen)
 
 
+@_cached
 def mail_commands(
     *, utf8: bool = False, params: st.SearchStrategy[list[str]] | None = None
 ) -> st.SearchStrategy[str]:
@@ -459,6 +495,7 @@ def mail_commands(
     return _mail_command(utf8, params)
 
 
+@_cached
 @st.composite
 def _rcpt_command(draw: st.DrawFn, utf8: bool, params: st.SearchStrategy[list[str]] | None) -> str:
     # RFC 5321 section 4.1.1.3: "<Postmaster>" (any case) is a valid forward path on its own.
@@ -467,6 +504,7 @@ def _rcpt_command(draw: st.DrawFn, utf8: bool, params: st.SearchStrategy[list[st
     return _join_params(f"RCPT TO:<{path}>", chosen)
 
 
+@_cached
 def rcpt_commands(
     *, utf8: bool = False, params: st.SearchStrategy[list[str]] | None = None
 ) -> st.SearchStrategy[str]:
@@ -479,12 +517,14 @@ def rcpt_commands(
     return _rcpt_command(utf8, params)
 
 
+@_cached
 def _strings(*, utf8: bool) -> st.SearchStrategy[str]:
     # RFC 5321 section 4.1.2: String = Atom / Quoted-string.
     atoms = st.text(_atext_chars(utf8), min_size=1, max_size=20)
     return st.one_of(atoms, _quoted_string(utf8))
 
 
+@_cached
 def _random_verb_lines() -> st.SearchStrategy[str]:
     verb = st.text(string.ascii_letters, min_size=1, max_size=10).filter(
         lambda word: word.upper() not in _KNOWN_VERBS
@@ -495,6 +535,7 @@ def _random_verb_lines() -> st.SearchStrategy[str]:
     )
 
 
+@_cached
 @st.composite
 def _recased(draw: st.DrawFn, lines: st.SearchStrategy[str]) -> str:
     # RFC 5321 section 2.4: verbs are case-insensitive.
@@ -504,6 +545,7 @@ def _recased(draw: st.DrawFn, lines: st.SearchStrategy[str]) -> str:
     return verb + space + rest
 
 
+@_cached
 def command_lines(*, utf8: bool = False) -> st.SearchStrategy[str]:
     """Single command lines, without CRLF, within 512 octets (RFC 5321 sections 4.1.1, 4.5.3.1.4).
 
@@ -529,6 +571,7 @@ def command_lines(*, utf8: bool = False) -> st.SearchStrategy[str]:
 # -- message contents and DATA -----------------------------------------------------------------
 
 
+@_cached
 def _words(eight_bit: bool, max_size: int) -> st.SearchStrategy[str]:
     chars = st.sampled_from(_VCHAR)
     if eight_bit:
@@ -536,6 +579,7 @@ def _words(eight_bit: bool, max_size: int) -> st.SearchStrategy[str]:
     return st.text(chars, min_size=1, max_size=max_size)
 
 
+@_cached
 @st.composite
 def _header_block(draw: st.DrawFn, eight_bit: bool) -> list[str]:
     words = _words(eight_bit, 20)
@@ -567,6 +611,7 @@ def _header_block(draw: st.DrawFn, eight_bit: bool) -> list[str]:
     return "\r\n".join(headers).split("\r\n")
 
 
+@_cached
 def _body_lines(eight_bit: bool) -> st.SearchStrategy[str]:
     chars = st.sampled_from(_VCHAR + " \t")
     if eight_bit:
@@ -582,6 +627,7 @@ def _body_lines(eight_bit: bool) -> st.SearchStrategy[str]:
     return st.one_of(plain, dotted, long_line).map(lambda line: _fit(line, _MAX_TEXT_LINE_OCTETS))
 
 
+@_cached
 @st.composite
 def _message(draw: st.DrawFn, headers: bool | None, eight_bit: bool) -> bytes:
     with_headers = draw(st.booleans()) if headers is None else headers
@@ -590,6 +636,7 @@ def _message(draw: st.DrawFn, headers: bool | None, eight_bit: bool) -> bytes:
     return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
 
+@_cached
 def message_bodies(
     *, headers: bool | None = None, eight_bit: bool = False
 ) -> st.SearchStrategy[bytes]:
@@ -628,6 +675,7 @@ def _wire_lines(data: bytes) -> list[bytes]:
     return [line + b"\r\n" for line in data.split(b"\r\n")[:-1]]
 
 
+@_cached
 @st.composite
 def _dialog(draw: st.DrawFn, utf8: bool, max_transactions: int) -> list[bytes]:
     client = draw(st.one_of(domains(), address_literals()))
@@ -662,6 +710,7 @@ def _dialog(draw: st.DrawFn, utf8: bool, max_transactions: int) -> list[bytes]:
     return lines
 
 
+@_cached
 def dialogs(*, utf8: bool = False, max_transactions: int = 3) -> st.SearchStrategy[list[bytes]]:
     """A whole valid client dialog as a list of CRLF-terminated wire lines.
 
@@ -684,6 +733,7 @@ def dialogs(*, utf8: bool = False, max_transactions: int = 3) -> st.SearchStrate
 # -- hostile input -----------------------------------------------------------------------------
 
 
+@_cached
 def smuggling_sequences() -> st.SearchStrategy[bytes]:
     """One of :data:`SMUGGLING_SEQUENCES`, the malformed end-of-data sequences of SMTP smuggling.
 
@@ -717,6 +767,7 @@ _PROTOCOL_FRAGMENTS: Final = (
 _LINE_ENDINGS: Final = (b"\r\n", b"\n", b"\r", b"", b"\r\r\n", b"\n\r")
 
 
+@_cached
 def _smuggling_payloads() -> st.SearchStrategy[bytes]:
     # The shape of the published attack: end a message with a malformed sequence and pipeline
     # a second transaction after it, then close with a real end-of-data.
@@ -730,6 +781,7 @@ def _smuggling_payloads() -> st.SearchStrategy[bytes]:
     )
 
 
+@_cached
 def _hostile_fragments() -> st.SearchStrategy[bytes]:
     commands = st.tuples(command_lines(), st.sampled_from(_LINE_ENDINGS)).map(
         lambda pair: pair[0].encode("utf-8") + pair[1]
@@ -747,12 +799,14 @@ def _hostile_fragments() -> st.SearchStrategy[bytes]:
     )
 
 
+@_cached
 @st.composite
 def _hostile_stream(draw: st.DrawFn) -> bytes:
     prefix = draw(st.sampled_from(_STREAM_PREFIXES))
     return prefix + b"".join(draw(st.lists(_hostile_fragments(), max_size=24)))
 
 
+@_cached
 def hostile_streams() -> st.SearchStrategy[bytes]:
     """Client byte streams that break the rules a server must survive.
 
