@@ -10,7 +10,10 @@ from typed_smtpd.testing.strategies import SMUGGLING_SEQUENCES
 
 pytestmark = pytest.mark.integration
 
-SMUGGLED = b"MAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@b.test>\r\nDATA\r\nSubject: 2\r\n\r\nsecond\r\n"
+SMUGGLED = (
+    b"MAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@b.test>\r\nDATA\r\n"
+    b"Subject: 2\r\n\r\nsecond\r\n"
+)
 
 
 def payload(sequence: bytes) -> bytes:
