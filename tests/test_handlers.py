@@ -13,6 +13,7 @@ import io
 import logging
 import mailbox
 import os
+import smtplib
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -692,3 +693,58 @@ def test_public_names_are_documented() -> None:
     }
     assert all(getattr(handlers, name).__doc__ for name in handlers.__all__)
     assert os.path.basename(handlers.__file__ or "") == "handlers.py"
+
+
+# --- Proxy between two typed_smtpd servers -------------------------------------------------------
+
+
+class RecordingRelay:
+    """The far end: refuses the recipients it is told to, records what it accepts."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.refuse = refuse
+        self.envelopes: list[Envelope] = []
+
+    async def handle_RCPT(
+        self,
+        server: Any,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 Unknown user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+def send(port: int, rcpt_tos: list[str]) -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail("anne@example.com", rcpt_tos, CONTENT)
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_proxy_between_two_servers() -> None:
+    from typed_smtpd.controller import serve
+
+    far = RecordingRelay(refuse=frozenset({"nobody@example.com"}))
+    async with (
+        serve(far, hostname="127.0.0.1", port=0) as relay,
+        serve(Proxy("127.0.0.1", relay.port or 0), hostname="127.0.0.1", port=0) as front,
+    ):
+        port = front.port or 0
+        refused = await asyncio.to_thread(send, port, ["bart@example.com", "nobody@example.com"])
+        assert refused == {}  # the front accepted the message: the relay took it for bart
+        with pytest.raises(smtplib.SMTPDataError) as error:
+            await asyncio.to_thread(send, port, ["nobody@example.com"])
+        assert (error.value.smtp_code, error.value.smtp_error) == (550, b"5.1.1 Unknown user")
+    assert [e.rcpt_tos for e in far.envelopes] == [["bart@example.com"]]
+    relayed = far.envelopes[0].original_content or b""
+    assert relayed.startswith(b"X-Peer: 127.0.0.1\r\nFrom: Anne Person")
+    assert relayed.endswith(b"Hi Bart, this is Anne.\r\n")
