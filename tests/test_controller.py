@@ -15,6 +15,7 @@ import shutil
 import smtplib
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -493,6 +494,38 @@ def test_start_twice_asserts() -> None:
         controller.start()
 
 
+def test_start_on_a_closed_loop_is_refused() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    controller = Controller(RecordingHandler(), hostname="127.0.0.1", port=0, loop=loop)
+    with pytest.raises(RuntimeError, match="closed"):
+        controller.start()
+
+
+def test_start_on_a_loop_running_elsewhere_is_refused() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with loop_in_thread(loop):
+            controller = Controller(RecordingHandler(), hostname="127.0.0.1", port=0, loop=loop)
+            with pytest.raises(RuntimeError, match="already running"):
+                controller.start()
+    finally:
+        loop.close()
+
+
+def test_controller_with_its_own_loop_leaves_it_open() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        handler = RecordingHandler()
+        with Controller(handler, hostname="127.0.0.1", port=0, loop=loop) as controller:
+            assert controller.loop is loop
+            smtp_dialog("127.0.0.1", controller.port, handler)
+        assert not loop.is_closed()
+        assert not loop.is_running()
+    finally:
+        loop.close()
+
+
 def test_controller_can_restart() -> None:
     handler = RecordingHandler()
     controller = Controller(handler, hostname="127.0.0.1", port=0)
@@ -701,6 +734,14 @@ def test_unix_socket_file_replaced_by_someone_else_is_kept(socket_path: Path) ->
         controller.stop(no_assert=True)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux abstract sockets")
+def test_unix_socket_in_the_abstract_namespace() -> None:
+    name = f"\0typed-smtpd-test-{os.getpid()}-{threading.get_ident()}"
+    handler = RecordingHandler()
+    with UnixSocketController(handler, name):
+        unix_dialog(name, handler)
+
+
 def test_unix_socket_path_too_long_raises(socket_path: Path) -> None:
     controller = UnixSocketController(RecordingHandler(), socket_path.with_name("s" * 200))
     try:
@@ -866,6 +907,19 @@ async def test_unix_unthreaded_controller_async_with(socket_path: Path) -> None:
             asyncio.to_thread(unix_dialog, controller.unix_socket, handler), WAIT
         )
     assert not socket_path.exists()
+
+
+@pytest.mark.asyncio
+async def test_async_with_twice_is_refused() -> None:
+    controller = UnthreadedController(
+        RecordingHandler(), "127.0.0.1", 0, asyncio.get_running_loop()
+    )
+    async with controller:
+        with pytest.raises(RuntimeError, match="already serving"):
+            async with controller:
+                pass  # pragma: no cover
+        assert controller.server is not None
+    assert port_is_free("127.0.0.1", controller.port)
 
 
 @pytest.mark.asyncio
