@@ -69,7 +69,11 @@ async def read_reply(reader: asyncio.StreamReader, expect: bytes) -> list[bytes]
     for _ in range(100):  # a reply of more than 100 lines is a broken server
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\r\n"), REPLY_TIMEOUT)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            asyncio.TimeoutError,  # not yet TimeoutError on Python 3.10
+        ) as exc:
             raise ClientError(f"no reply (expected {expect.decode()}): {exc!r}") from exc
         lines.append(line)
         if line[3:4] != b"-":
@@ -105,7 +109,7 @@ async def close_session(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         await read_reply(reader, b"221")
     finally:
         writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
             await asyncio.wait_for(writer.wait_closed(), CONNECT_TIMEOUT)
 
 

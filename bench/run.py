@@ -341,7 +341,7 @@ def measure(work: Workload, client_name: str, server: str, rnd: int, opts: Optio
             if work.kind == "idle" and outcome.connections:
                 grown = run.held_rss_kib - run.baseline_rss_kib
                 run.rss_per_connection_kib = grown / outcome.connections
-        except (RuntimeError, OSError, client.ClientError, TimeoutError) as exc:
+        except (RuntimeError, OSError, client.ClientError, asyncio.TimeoutError) as exc:
             run.error = f"{type(exc).__name__}: {exc}"
         except subprocess.TimeoutExpired:
             run.error = f"timed out after {opts.run_timeout:.0f} s"
