@@ -37,6 +37,7 @@ from typed_smtpd.controller import (
     serve,
 )
 from typed_smtpd.lmtp import LMTP
+from typed_smtpd.session import Envelope, Session
 from typed_smtpd.smtp import SMTP
 
 WAIT: float = 10.0  # upper bound for every wait in these tests; never reached when things work
@@ -66,7 +67,7 @@ LOOPBACKS = [
 ]
 
 
-# --- helpers ---------------------------------------------------------------------------------
+# --- handlers, clients and probes ---------------------------------------------------------------
 
 
 class RecordingHandler:
@@ -76,11 +77,13 @@ class RecordingHandler:
         self.noop_peers: list[object] = []
         self.messages: list[tuple[str | None, list[str], bytes]] = []
 
-    async def handle_NOOP(self, server: SMTP, session: Any, envelope: Any, arg: str) -> str:
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
         self.noop_peers.append(session.peer)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content
         assert isinstance(content, bytes)
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), content))
@@ -96,7 +99,7 @@ class GatedDataHandler(RecordingHandler):
         self._gate: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self._loop = asyncio.get_running_loop()
         self._gate = asyncio.Event()
         self.entered.set()
