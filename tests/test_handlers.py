@@ -131,6 +131,10 @@ async def test_debugging_explicit_stream_and_decoded_content() -> None:
     out = stream.getvalue()
     assert "Subject: h\u00e9llo\nX-Peer: 127.0.0.1\n\nbody \u00e9\n" in out
     assert handler.stream is stream
+    other = io.StringIO()
+    handler.stream = other
+    await handler.handle_DATA(SERVER, make_session(), make_envelope(content))
+    assert other.getvalue() == out
 
 
 @pytest.mark.asyncio

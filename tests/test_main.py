@@ -7,6 +7,7 @@ import queue
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -516,3 +517,83 @@ def test_root_switches_to_nobody() -> None:
         assert server.stop() == 0
     if nobody_can_run_python():
         assert "Hello from the test." in server.out
+
+
+@dataclass
+class Certificates:
+    cert: str
+    key: str
+    client: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return Certificates(str(cert), str(key), client)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("requiretls", [True, False])
+def test_starttls(certificates: Certificates, requiretls: bool) -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--tlscert", certificates.cert]
+    args += ["--tlskey", certificates.key, "-c", "typed_smtpd.handlers.Sink"]
+    if not requiretls:
+        args.append("--no-requiretls")
+    with typed_smtpd(*args) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            client.ehlo()
+            assert client.has_extn("starttls")
+            if requiretls:
+                with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                    client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE)
+                assert refused.value.smtp_code == 530
+            else:
+                assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            client.starttls(context=certificates.client)
+            assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        assert server.stop() == 0
+
+
+@pytest.mark.integration
+def test_implicit_tls_with_auth(certificates: Certificates, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text("anne:s3cret\n", "utf-8")
+    users.chmod(0o600)
+    args = ["-n", "-l", "127.0.0.1:0", "--smtpscert", certificates.cert, "--smtpskey"]
+    args += [certificates.key, "--auth-file", str(users), "-c", "typed_smtpd.handlers.Debugging"]
+    with typed_smtpd(*args) as server:
+        assert "(implicit TLS, handler typed_smtpd.handlers.Debugging)" in server.banner
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", server.port, timeout=WAIT, context=certificates.client
+        ) as client:
+            client.login("anne", "s3cret")
+            assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        assert server.stop() == 0
+    assert "warning" not in server.err
+    assert "Hello from the test." in server.out
+
+
+def test_implicit_tls_and_starttls_exclude_each_other(
+    certificates: Certificates, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = [certificates.cert, certificates.key]
+    args = [
+        "--smtpscert",
+        pair[0],
+        "--smtpskey",
+        pair[1],
+        "--tlscert",
+        pair[0],
+        "--tlskey",
+        pair[1],
+    ]
+    assert_usage_error(capsys, args, "not both")

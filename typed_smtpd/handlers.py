@@ -139,8 +139,12 @@ class Debugging:
 
     @property
     def stream(self) -> TextIO:
-        """Where messages are printed."""
+        """Where messages are printed; setting ``None`` means :data:`sys.stdout` again."""
         return self._stream if self._stream is not None else sys.stdout
+
+    @stream.setter
+    def stream(self, stream: TextIO | None) -> None:
+        self._stream = stream
 
     @classmethod
     def from_cli(cls, parser: ArgumentParser, *args: str) -> Self:
@@ -268,8 +272,12 @@ class AsyncMessage(MessageBase[_MessageT], ABC):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop given to the constructor, else the running one."""
+        """The loop given to the constructor (or set later), else the running one."""
         return self._loop if self._loop is not None else asyncio.get_running_loop()
+
+    @loop.setter
+    def loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Prepare the message, await :meth:`handle_message`, then accept it."""

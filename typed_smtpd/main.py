@@ -338,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--smtpscert", metavar="FILE", help="certificate for implicit TLS (SMTPS)")
     tls.add_argument("--smtpskey", metavar="FILE", help="private key for implicit TLS (SMTPS)")
-    tls.add_argument("--tlscert", metavar="FILE", help="certificate for STARTTLS")
+    tls.add_argument(
+        "--tlscert",
+        metavar="FILE",
+        help="certificate for STARTTLS, which clients must then use (unless --no-requiretls)",
+    )
     tls.add_argument("--tlskey", metavar="FILE", help="private key for STARTTLS")
     tls.add_argument(
         "--no-requiretls",
