@@ -329,6 +329,8 @@ class Mailbox(Message[_MessageT]):
         """Add ``message`` to the Maildir and flush it to disk (blocking: run it in a thread)."""
         with _MAILDIR_ADD_LOCK:
             key = self.mailbox.add(message)
+        if os.name != "posix":  # fsync of a read-only descriptor or a directory is POSIX only
+            return
         subdir, name = "new", key
         if isinstance(message, mailbox.MaildirMessage):
             subdir = message.get_subdir()
@@ -338,7 +340,7 @@ class Mailbox(Message[_MessageT]):
         try:
             _fsync(os.path.join(directory, name))
         except FileNotFoundError:
-            # A reader already moved it on (new/ -> cur/): then it was on disk.
+            # A mail reader already took it from new/ to cur/: it is in its hands now.
             return
         _fsync(directory)
 
