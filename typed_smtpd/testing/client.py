@@ -685,9 +685,7 @@ class SocketClient(SMTPTestClient):
         The greeting is read before returning.
         """
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), timeout
-            )
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"could not connect to {host}:{port} within {timeout}s") from None
         client = cls(

@@ -402,8 +402,7 @@ async def check_server(
         except (AssertionError, ServerDisconnected, TimeoutError, asyncio.TimeoutError) as error:
             transcript = [entry for client in ctx.clients for entry in client.transcript]
             failures[check.name] = (
-                f"{check.description}\n{error}\n--- transcript ---\n"
-                f"{format_transcript(transcript)}"
+                f"{check.description}\n{error}\n--- transcript ---\n{format_transcript(transcript)}"
             )
         else:
             passed.append(check.name)

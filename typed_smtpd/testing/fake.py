@@ -241,15 +241,16 @@ class MemoryTransport(asyncio.Transport):
             self._loop.call_soon(self._deliver)
 
     def _deliver(self) -> None:
+        # One client write per loop iteration, as separate TCP segments would arrive: whatever
+        # a protocol callback schedules (a task waking up after a TLS handshake) runs before
+        # the next write is delivered.
         self._scheduled = False
-        while self._reading and not self._closing and self._incoming:
+        if self._reading and not self._closing and self._incoming:
             _feed(self._protocol, self._incoming.popleft())
-        if (
-            self._incoming_eof
-            and not self._incoming
-            and self._reading
-            and not self._closing
-        ):
+            if self._incoming or self._incoming_eof:
+                self._schedule()
+            return
+        if self._incoming_eof and not self._incoming and self._reading and not self._closing:
             self._incoming_eof = False
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
             if not keep_open:
@@ -326,8 +327,8 @@ class FakeSMTPServer:
     ) -> None:
         self.handler = handler
         """The handler under test, as given."""
-        self.recorder = handler if isinstance(handler, RecordingHandler) else RecordingHandler(
-            handler
+        self.recorder = (
+            handler if isinstance(handler, RecordingHandler) else RecordingHandler(handler)
         )
         """The recording wrapper the server actually calls."""
         self.server_class = server_class_for(handler, server_class)
@@ -376,7 +377,7 @@ class FakeSMTPServer:
                 client.transport.abort()
         tasks = [c._task for c in self.connections if c._task is not None and not c._task.done()]
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
+            _, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
             for task in pending:
                 task.cancel()
         await asyncio.sleep(0)
@@ -415,9 +416,7 @@ class FakeSMTPServer:
         protocol = self._make_protocol()
         protocol.connection_tracker = self.tracker
         loop = asyncio.get_running_loop()
-        transport = MemoryTransport(
-            loop, protocol, peername=self.peer if peer is None else peer
-        )
+        transport = MemoryTransport(loop, protocol, peername=self.peer if peer is None else peer)
         client = FakeClient(transport, protocol, timeout=self.timeout, transcript=self.transcript)
         self.clients.append(client)
         self.connections.append(protocol)
@@ -493,8 +492,8 @@ class SocketpairSMTPServer:
         **smtp_kwargs: Any,
     ) -> None:
         self.handler = handler
-        self.recorder = handler if isinstance(handler, RecordingHandler) else RecordingHandler(
-            handler
+        self.recorder = (
+            handler if isinstance(handler, RecordingHandler) else RecordingHandler(handler)
         )
         """The recording wrapper the server actually calls."""
         self.server_class = server_class_for(handler, server_class)
@@ -581,9 +580,7 @@ class SocketpairSMTPServer:
         self, count: int = 1, timeout: float | None = None
     ) -> list[ReceivedMessage]:
         """Block until at least ``count`` messages were delivered; return them all."""
-        return self.recorder.wait_for_messages(
-            count, self.timeout if timeout is None else timeout
-        )
+        return self.recorder.wait_for_messages(count, self.timeout if timeout is None else timeout)
 
     def connect_socket(self) -> socket.socket:
         """A new connection: the client's socket of a fresh socket pair (greeting unread)."""

@@ -41,7 +41,6 @@ from typing_extensions import assert_never
 
 from typed_smtpd.hooks import HOOK_NAMES
 from typed_smtpd.proto import replies as R
-from typed_smtpd.proto.commands import PathError, parse_path, split_path_and_params
 from typed_smtpd.proto.framing import ChunkDone
 from typed_smtpd.session import Envelope, PeerType, Session
 from typed_smtpd.smtp import SMTP
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DROPPED_ATTRIBUTE",
+    "HOOK_STAGES",
     "AcceptAndDrop",
     "Action",
     "Always",
@@ -61,7 +61,6 @@ __all__ = [
     "FaultInjector",
     "FaultSMTP",
     "Greylist",
-    "HOOK_STAGES",
     "Nth",
     "Outcome",
     "Probability",
@@ -131,9 +130,7 @@ class ReceivedMessage:
         if content is None:
             raw = envelope.content
             content = raw.encode("utf-8") if isinstance(raw, str) else (raw or b"")
-        message = cast(
-            EmailMessage, BytesParser(policy=email.policy.default).parsebytes(content)
-        )
+        message = BytesParser(policy=email.policy.default).parsebytes(content)
         ssl_info = session.ssl or {}
         cipher = ssl_info.get("cipher")
         return cls(
@@ -368,7 +365,11 @@ class Respond:
     @property
     def line(self) -> str:
         """The reply line (without CRLF)."""
-        return f"{self.code} {self.text or _DEFAULT_TEXT.get(self.code // 100, 'Fault')}"
+        if self.text:
+            return f"{self.code} {self.text}"
+        if self.code == 421:
+            return f"421 {Disconnect().text}"
+        return f"{self.code} {_DEFAULT_TEXT[self.code // 100]}"
 
 
 _DEFAULT_TEXT: Final = {2: "OK", 3: "Go ahead", 4: "Try again later", 5: "Refused"}
@@ -699,6 +700,7 @@ class _ThrottledTransport(asyncio.Transport):
 
 # --- the injector -------------------------------------------------------------------------------
 
+
 class Outcome(Enum):
     """What :meth:`FaultInjector.apply` decided when it did not answer itself."""
 
@@ -865,12 +867,13 @@ class FaultInjector:
         STARTTLS, AUTH, the DATA command, BDAT). A ``base`` that is not a class is returned
         as is."""
         if not isinstance(base, type) or not issubclass(base, SMTP):
-            return base
+            return cast("Callable[..., SMTP]", base)
         if issubclass(base, FaultSMTP):
             return base
         cached = _FAULT_CLASSES.get(base)
         if cached is None:
-            cached = _FAULT_CLASSES[base] = type(f"Fault{base.__name__}", (FaultSMTP, base), {})
+            cached = type(f"Fault{base.__name__}", (FaultSMTP, base), {})
+            _FAULT_CLASSES[base] = cached
         return cached
 
     # --- hooks ----------------------------------------------------------------------------------
@@ -978,9 +981,7 @@ class FaultInjector:
         return _default_reply(server, R.BYE)
 
 
-_INJECTOR_HOOKS: Final = frozenset(
-    name for name in dir(FaultInjector) if name in HOOK_NAMES
-)
+_INJECTOR_HOOKS: Final = frozenset(name for name in dir(FaultInjector) if name in HOOK_NAMES)
 
 
 def _reply_and_close(server: SMTP, line: str) -> str:
@@ -1126,4 +1127,3 @@ class FaultSMTP(SMTP):
             if not isinstance(event, ChunkDone):
                 return
         self._queue_status(line, "FaultInjector")
-
