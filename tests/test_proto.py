@@ -256,7 +256,7 @@ def test_data_mode() -> None:
     r = Receiver(max_line=64)
     r.start_data(None)
     assert feed_all(r, b"a\r\n..b\r\n.\r") == []
-    assert feed_all(r, b"\nNOOP\r\n") == [DataDone(b"a\r\n..b\r\n"), Line("NOOP", 6)]
+    assert feed_all(r, b"\nNOOP\r\n") == [DataDone(b"a\r\n..b\r\n", stuffed=True), Line("NOOP", 6)]
 
 
 def test_empty_message() -> None:
@@ -271,7 +271,8 @@ def test_only_crlf_dot_crlf_ends_data(sequence: bytes) -> None:
     r.start_data(None)
     payload = b"first" + sequence + b"MAIL FROM:<s@x>\r\n"
     assert feed_all(r, payload) == []  # still in the same message
-    assert feed_all(r, b"\r\n.\r\n") == [DataDone(payload + b"\r\n")]
+    (done,) = feed_all(r, b"\r\n.\r\n")
+    assert isinstance(done, DataDone) and done.raw == payload + b"\r\n"
 
 
 def test_data_size_cap_discards_and_stays_bounded() -> None:
@@ -385,3 +386,20 @@ def test_limits_validate() -> None:
     assert Limits().command_limit("MAIL", extended=True) > Limits().command_limit(
         "MAIL", extended=False
     )
+
+
+@given(data=st.data(), body=ts.message_bodies())
+def test_data_reader_recovers_any_body_split_anywhere(data: st.DataObject, body: bytes) -> None:
+    """Stuffed on the wire, split at arbitrary points, the body comes back byte for byte."""
+    wire = ts.dot_stuff(body)
+    r = Receiver(max_line=64)
+    r.start_data(None)
+    events: list[object] = []
+    for chunk in data.draw(ts.splits(wire)):
+        events += feed_all(r, chunk)
+    (done,) = events
+    assert isinstance(done, DataDone) and done.raw is not None
+    content = process_content(
+        done.raw, policy="reject", line_length_limit=None, unstuff=done.stuffed
+    )
+    assert content == body

@@ -1205,6 +1205,7 @@ class SMTP(asyncio.Protocol):
             event.raw,
             policy=self.limits.bare_newline,
             line_length_limit=self.limits.line_length_limit,
+            unstuff=event.stuffed,
         )
         await self._finish_message(content)
 

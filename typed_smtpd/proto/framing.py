@@ -86,6 +86,8 @@ class DataDone:
 
     raw: bytes | None
     error: Reply | None = None
+    #: Whether some line starts with "." and so needs unstuffing.
+    stuffed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,7 @@ class Receiver:
         "_remaining",
         "_sasl_limit",
         "_scan",
+        "_stuffed",
         "max_line",
         "policy",
         "utf8",
@@ -135,6 +138,7 @@ class Receiver:
         self._discarded = False
         self._scan = 0
         self._at_data_start = False
+        self._stuffed = False
         self._data_limit: int | None = None
         self._remaining = 0
         self._sasl_limit = max_line
@@ -186,6 +190,7 @@ class Receiver:
         self._data_limit = size_limit
         self._scan = 0
         self._at_data_start = True
+        self._stuffed = False
         self._discarded = False
 
     def start_bdat(self, size: int, *, discard: bool = False) -> None:
@@ -250,39 +255,51 @@ class Receiver:
         buf = self._buf
         if self._at_data_start:
             # The CRLF before the first line is the one that ended "DATA": an empty message
-            # is ".CRLF" straight away.
-            if len(buf) < 3:
-                if b".\r\n".startswith(bytes(buf)):
-                    return NEED_DATA
-                self._at_data_start = False
-            elif buf.startswith(b".\r\n"):
+            # is ".CRLF" straight away, and a first line starting with "." is stuffed.
+            if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+                return NEED_DATA
+            self._at_data_start = False
+            if buf.startswith(b".\r\n"):
                 del buf[:3]
                 return self._finish_data(b"")
-            else:
-                self._at_data_start = False
-        end = buf.find(_TERMINATOR, max(self._scan - 4, 0))
-        if end < 0:
-            self._scan = len(buf)
-            limit = self._data_limit
-            if limit is not None and len(buf) > limit + 3:
-                # Over the cap: keep only a tail long enough to hold a split terminator.
-                self._discarded = True
-                del buf[:-4]
+            if buf.startswith(b"."):
+                self._stuffed = True
+        # One scan finds both the terminator and the lines that need unstuffing: both start
+        # with CRLF ".", and stuffed lines are rare.
+        find = buf.find
+        pos = max(self._scan - 2, 0)
+        while True:
+            hit = find(b"\r\n.", pos)
+            if hit < 0:
                 self._scan = len(buf)
-            return NEED_DATA
-        raw = bytes(buf[: end + 2])
-        del buf[: end + 5]
-        return self._finish_data(raw)
+                break
+            if len(buf) < hit + 5:
+                self._scan = hit + 2  # undecided until two more octets arrive
+                break
+            if buf[hit + 3] == 13 and buf[hit + 4] == 10:  # CR LF: the terminator
+                raw = bytes(buf[: hit + 2])
+                del buf[: hit + 5]
+                return self._finish_data(raw)
+            self._stuffed = True
+            pos = hit + 3
+        limit = self._data_limit
+        if limit is not None and len(buf) > limit + 3:
+            # Over the cap: keep only a tail long enough to hold a split terminator.
+            self._discarded = True
+            del buf[:-4]
+            self._scan = len(buf)
+        return NEED_DATA
 
     def _finish_data(self, raw: bytes) -> DataDone:
         self._mode = Mode.COMMAND
         self._scan = 0
+        stuffed, self._stuffed = self._stuffed, False
         limit = self._data_limit
         # The cap counts raw octets on the wire, dot-stuffing included.
         if self._discarded or (limit is not None and len(raw) > limit):
             self._discarded = False
             return DataDone(None, DATA_TOO_LARGE)
-        return DataDone(raw)
+        return DataDone(raw, stuffed=stuffed)
 
     def _next_chunk(self) -> Event | _NeedData:
         buf = self._buf
