@@ -13,43 +13,48 @@ What lives here (re-exported from the submodules):
 
 :mod:`typed_smtpd.testing.strategies` (hypothesis strategies) and
 :mod:`typed_smtpd.testing.plugin` (the pytest plugin) are imported on their own, so that this
-package needs neither hypothesis nor pytest.
+package needs neither hypothesis nor pytest. The names here are imported on first use, so
+importing the package (as the pytest plugin does) costs almost nothing.
 """
 
 from __future__ import annotations
 
-from typed_smtpd.testing.client import ClientReply as ClientReply
-from typed_smtpd.testing.client import ReplyFormatError as ReplyFormatError
-from typed_smtpd.testing.client import ServerDisconnected as ServerDisconnected
-from typed_smtpd.testing.client import SMTPTestClient as SMTPTestClient
-from typed_smtpd.testing.client import SocketClient as SocketClient
-from typed_smtpd.testing.client import TranscriptEntry as TranscriptEntry
-from typed_smtpd.testing.client import format_transcript as format_transcript
-from typed_smtpd.testing.conformance import CHECKS as CHECKS
-from typed_smtpd.testing.conformance import Check as Check
-from typed_smtpd.testing.conformance import ConformanceError as ConformanceError
-from typed_smtpd.testing.conformance import check_server as check_server
-from typed_smtpd.testing.fake import FakeClient as FakeClient
-from typed_smtpd.testing.fake import FakeSMTPServer as FakeSMTPServer
-from typed_smtpd.testing.fake import MemoryTransport as MemoryTransport
-from typed_smtpd.testing.fake import SocketpairSMTPServer as SocketpairSMTPServer
-from typed_smtpd.testing.handlers import AcceptAndDrop as AcceptAndDrop
-from typed_smtpd.testing.handlers import Always as Always
-from typed_smtpd.testing.handlers import Delay as Delay
-from typed_smtpd.testing.handlers import Disconnect as Disconnect
-from typed_smtpd.testing.handlers import Drop as Drop
-from typed_smtpd.testing.handlers import FaultEvent as FaultEvent
-from typed_smtpd.testing.handlers import FaultInjector as FaultInjector
-from typed_smtpd.testing.handlers import Greylist as Greylist
-from typed_smtpd.testing.handlers import Nth as Nth
-from typed_smtpd.testing.handlers import Probability as Probability
-from typed_smtpd.testing.handlers import ReceivedMessage as ReceivedMessage
-from typed_smtpd.testing.handlers import RecordingHandler as RecordingHandler
-from typed_smtpd.testing.handlers import Respond as Respond
-from typed_smtpd.testing.handlers import Rule as Rule
-from typed_smtpd.testing.handlers import Stage as Stage
-from typed_smtpd.testing.handlers import Throttle as Throttle
-from typed_smtpd.testing.handlers import parse_rule as parse_rule
+import importlib
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from typed_smtpd.testing.client import ClientReply as ClientReply
+    from typed_smtpd.testing.client import ReplyFormatError as ReplyFormatError
+    from typed_smtpd.testing.client import ServerDisconnected as ServerDisconnected
+    from typed_smtpd.testing.client import SMTPTestClient as SMTPTestClient
+    from typed_smtpd.testing.client import SocketClient as SocketClient
+    from typed_smtpd.testing.client import TranscriptEntry as TranscriptEntry
+    from typed_smtpd.testing.client import format_transcript as format_transcript
+    from typed_smtpd.testing.conformance import CHECKS as CHECKS
+    from typed_smtpd.testing.conformance import Check as Check
+    from typed_smtpd.testing.conformance import ConformanceError as ConformanceError
+    from typed_smtpd.testing.conformance import check_server as check_server
+    from typed_smtpd.testing.fake import FakeClient as FakeClient
+    from typed_smtpd.testing.fake import FakeSMTPServer as FakeSMTPServer
+    from typed_smtpd.testing.fake import MemoryTransport as MemoryTransport
+    from typed_smtpd.testing.fake import SocketpairSMTPServer as SocketpairSMTPServer
+    from typed_smtpd.testing.handlers import AcceptAndDrop as AcceptAndDrop
+    from typed_smtpd.testing.handlers import Always as Always
+    from typed_smtpd.testing.handlers import Delay as Delay
+    from typed_smtpd.testing.handlers import Disconnect as Disconnect
+    from typed_smtpd.testing.handlers import Drop as Drop
+    from typed_smtpd.testing.handlers import FaultEvent as FaultEvent
+    from typed_smtpd.testing.handlers import FaultInjector as FaultInjector
+    from typed_smtpd.testing.handlers import Greylist as Greylist
+    from typed_smtpd.testing.handlers import Nth as Nth
+    from typed_smtpd.testing.handlers import Probability as Probability
+    from typed_smtpd.testing.handlers import ReceivedMessage as ReceivedMessage
+    from typed_smtpd.testing.handlers import RecordingHandler as RecordingHandler
+    from typed_smtpd.testing.handlers import Respond as Respond
+    from typed_smtpd.testing.handlers import Rule as Rule
+    from typed_smtpd.testing.handlers import Stage as Stage
+    from typed_smtpd.testing.handlers import Throttle as Throttle
+    from typed_smtpd.testing.handlers import parse_rule as parse_rule
 
 __all__ = [
     "CHECKS",
@@ -85,3 +90,51 @@ __all__ = [
     "format_transcript",
     "parse_rule",
 ]
+
+_LAZY: Final[dict[str, str]] = {
+    "AcceptAndDrop": "typed_smtpd.testing.handlers",
+    "Always": "typed_smtpd.testing.handlers",
+    "CHECKS": "typed_smtpd.testing.conformance",
+    "Check": "typed_smtpd.testing.conformance",
+    "ClientReply": "typed_smtpd.testing.client",
+    "ConformanceError": "typed_smtpd.testing.conformance",
+    "Delay": "typed_smtpd.testing.handlers",
+    "Disconnect": "typed_smtpd.testing.handlers",
+    "Drop": "typed_smtpd.testing.handlers",
+    "FakeClient": "typed_smtpd.testing.fake",
+    "FakeSMTPServer": "typed_smtpd.testing.fake",
+    "FaultEvent": "typed_smtpd.testing.handlers",
+    "FaultInjector": "typed_smtpd.testing.handlers",
+    "Greylist": "typed_smtpd.testing.handlers",
+    "MemoryTransport": "typed_smtpd.testing.fake",
+    "Nth": "typed_smtpd.testing.handlers",
+    "Probability": "typed_smtpd.testing.handlers",
+    "ReceivedMessage": "typed_smtpd.testing.handlers",
+    "RecordingHandler": "typed_smtpd.testing.handlers",
+    "ReplyFormatError": "typed_smtpd.testing.client",
+    "Respond": "typed_smtpd.testing.handlers",
+    "Rule": "typed_smtpd.testing.handlers",
+    "SMTPTestClient": "typed_smtpd.testing.client",
+    "ServerDisconnected": "typed_smtpd.testing.client",
+    "SocketClient": "typed_smtpd.testing.client",
+    "SocketpairSMTPServer": "typed_smtpd.testing.fake",
+    "Stage": "typed_smtpd.testing.handlers",
+    "Throttle": "typed_smtpd.testing.handlers",
+    "TranscriptEntry": "typed_smtpd.testing.client",
+    "check_server": "typed_smtpd.testing.conformance",
+    "format_transcript": "typed_smtpd.testing.client",
+    "parse_rule": "typed_smtpd.testing.handlers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -37,6 +37,7 @@ from typed_smtpd.testing.client import (
     SMTPTestClient,
     TranscriptEntry,
     format_transcript,
+    insecure_client_context,
 )
 from typed_smtpd.testing.handlers import ReceivedMessage, RecordingHandler, server_class_for
 
@@ -305,8 +306,10 @@ class FakeSMTPServer:
     :param server_class: :class:`~typed_smtpd.smtp.SMTP`, :class:`~typed_smtpd.lmtp.LMTP`, a
         subclass, or any callable taking ``(handler, **smtp_kwargs)``.
     :param peer: the ``peername`` connections report (``session.peer``).
-    :param tls_context: server-side context for implicit TLS (:meth:`connect` with
-        ``tls_context=``); for STARTTLS pass ``tls_context`` in ``smtp_kwargs`` as for SMTP.
+    :param implicit_tls_context: server-side context for implicit TLS: :meth:`connect` then
+        speaks TLS from the first byte (for STARTTLS pass ``tls_context`` as to SMTP).
+    :param client_tls_context: the client context :meth:`connect` uses for implicit TLS
+        (default: one that checks no certificate).
     :param timeout: seconds any wait of the clients may take.
     :param max_connections: the connection cap of the shared
         :class:`~typed_smtpd.smtp.ConnectionTracker` (``None``: none).
@@ -321,6 +324,7 @@ class FakeSMTPServer:
         server_class: Callable[..., SMTP] = SMTP,
         peer: object = DEFAULT_PEER,
         implicit_tls_context: ssl.SSLContext | None = None,
+        client_tls_context: ssl.SSLContext | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int | None = None,
         **smtp_kwargs: Any,
@@ -334,6 +338,8 @@ class FakeSMTPServer:
         self.server_class = server_class_for(handler, server_class)
         self.peer = peer
         self.implicit_tls_context = implicit_tls_context
+        self.client_tls_context = client_tls_context
+        """The client context :meth:`connect` uses for implicit TLS unless given one."""
         self.timeout = timeout
         smtp_kwargs.setdefault("hostname", _FAKE_HOSTNAME)
         self.smtp_kwargs = smtp_kwargs
@@ -436,9 +442,11 @@ class FakeSMTPServer:
     ) -> FakeClient:
         """A new connection with its greeting read.
 
-        With ``tls_context`` (the client's), the connection speaks implicit TLS from its first
-        byte; the server needs ``implicit_tls_context``.
+        With ``implicit_tls_context`` set (or ``tls_context``, the client's, given), the
+        connection speaks implicit TLS from its first byte.
         """
+        if tls_context is None and self.implicit_tls_context is not None:
+            tls_context = self.client_tls_context or insecure_client_context()
         if tls_context is None:
             client = self.client(peer=peer)
             await client.read_greeting()
