@@ -89,6 +89,8 @@ _QUOTED_PAIR_CHARS: Final = "".join(chr(c) for c in range(32, 127))
 _ESMTP_VALUE_CHARS: Final = "".join(chr(c) for c in range(33, 127) if c != 61)
 # RFC 5322 section 3.2.5 unstructured text without whitespace, used for header and body words.
 _VCHAR: Final = "".join(chr(c) for c in range(33, 127))
+# RFC 5322 section 3.5 text of body lines (printable ASCII, space and tab; no CR, LF or NUL).
+_BODY_TEXT: Final = _VCHAR + " \t"
 # Letters that are PVALID in IDNA2008 (RFC 5892), lower case and precomposed (so NFC), one string
 # per script so that a generated U-label stays within a script plus ASCII letters and digits.
 # No CONTEXTJ/CONTEXTO code points, no right-to-left scripts (no Bidi rule to satisfy), and no
@@ -199,20 +201,45 @@ def _xtext(text: str) -> str:
     )
 
 
+@_cached
+def _mixed_texts(alphabet: str, utf8: bool, min_size: int, max_size: int) -> st.SearchStrategy[str]:
+    """Text over ``alphabet``; with ``utf8``, a run of non-ASCII characters somewhere in it.
+
+    Mixing per character with ``one_of`` costs a strategy draw per character; one run per value
+    exercises the same parsing paths at a fraction of the cost.
+    """
+    if not utf8:
+        return st.text(alphabet, min_size=min_size, max_size=max_size)
+    return _mixed_text(alphabet, min_size, max_size)
+
+
+@_cached
+@st.composite
+def _mixed_text(draw: st.DrawFn, alphabet: str, min_size: int, max_size: int) -> str:
+    text = draw(st.text(alphabet, max_size=max_size))
+    run = draw(st.text(_non_ascii_chars(), max_size=max(0, min(4, max_size - len(text)))))
+    if run:
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + run + text[at:]
+    if len(text) < min_size:
+        text += draw(st.text(alphabet, min_size=min_size - len(text), max_size=min_size))
+    return text
+
+
 # -- domains and address literals --------------------------------------------------------------
 
 
 @_cached
 @st.composite
 def _ldh_label(draw: st.DrawFn, max_octets: int) -> str:
-    # sub-domain = Let-dig [Ldh-str]; Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig
-    head = draw(st.sampled_from(_LET_DIG))
-    if max_octets < 2:
-        return head
-    middle = draw(st.text(_LDH, max_size=max_octets - 2))
-    if middle or draw(st.booleans()):
-        return head + middle + draw(st.sampled_from(_LET_DIG))
-    return head
+    # sub-domain = Let-dig [Ldh-str]; Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig. One draw, then
+    # a hyphen at either end is replaced: labels are drawn by the thousand, so each draw counts.
+    label = draw(st.text(_LDH, min_size=1, max_size=max_octets))
+    if label.startswith("-"):
+        label = "a" + label[1:]
+    if label.endswith("-"):
+        label = label[:-1] + "z"
+    return label
 
 
 @_cached
@@ -292,18 +319,10 @@ def address_literals() -> st.SearchStrategy[str]:
 
 
 @_cached
-def _atext_chars(utf8: bool) -> st.SearchStrategy[str]:
-    ascii_atext = st.sampled_from(_ATEXT)
-    return st.one_of(ascii_atext, _non_ascii_chars()) if utf8 else ascii_atext
-
-
-@_cached
 @st.composite
 def _dot_string(draw: st.DrawFn, utf8: bool) -> str:
     # Dot-string = Atom *("." Atom); Atom = 1*atext.
-    atoms = draw(
-        st.lists(st.text(_atext_chars(utf8), min_size=1, max_size=16), min_size=1, max_size=5)
-    )
+    atoms = draw(st.lists(_mixed_texts(_ATEXT, utf8, 1, 16), min_size=1, max_size=5))
     # A first atom's first character is at most 4 octets, so the cut never leaves it empty;
     # a cut right after a dot leaves a trailing dot, which must go.
     return _fit(".".join(atoms), _MAX_LOCAL_PART_OCTETS).rstrip(".")
@@ -313,11 +332,14 @@ def _dot_string(draw: st.DrawFn, utf8: bool) -> str:
 @st.composite
 def _quoted_string(draw: st.DrawFn, utf8: bool) -> str:
     # Quoted-string = DQUOTE *QcontentSMTP DQUOTE; QcontentSMTP = qtextSMTP / quoted-pairSMTP.
-    qtext = st.sampled_from(_QTEXT)
-    if utf8:
-        qtext = st.one_of(qtext, _non_ascii_chars())
-    quoted_pair = st.sampled_from(_QUOTED_PAIR_CHARS).map(lambda char: "\\" + char)
-    tokens = draw(st.lists(st.one_of(qtext, quoted_pair), max_size=32))
+    # Draw the characters meant, then quote: DQUOTE and backslash must be quoted-pairs, and
+    # a few other ASCII characters are quoted although they need not be.
+    meant = draw(_mixed_texts(_QUOTED_PAIR_CHARS, utf8, 0, 32))
+    optional = draw(st.sets(st.integers(0, max(0, len(meant) - 1)), max_size=4)) if meant else ()
+    tokens = [
+        "\\" + char if char in '"\\' or (i in optional and char.isascii()) else char
+        for i, char in enumerate(meant)
+    ]
     budget = _MAX_LOCAL_PART_OCTETS - 2
     content: list[str] = []
     for token in tokens:
@@ -338,13 +360,20 @@ def local_parts(*, utf8: bool = False) -> st.SearchStrategy[str]:
     At most 64 octets counted in UTF-8 (RFC 5321 section 4.5.3.1.1). With ``utf8=True`` both
     forms may contain non-ASCII characters (RFC 6531 section 3.3).
     """
-    return st.one_of(_dot_string(utf8), _quoted_string(utf8))
+    return _local_part(utf8)
+
+
+@_cached
+@st.composite
+def _local_part(draw: st.DrawFn, utf8: bool) -> str:
+    # A branch drawn by hand: one_of costs more per draw, and mailboxes draw many local parts.
+    return draw(_quoted_string(utf8) if draw(st.booleans()) else _dot_string(utf8))
 
 
 @_cached
 @st.composite
 def _mailbox(draw: st.DrawFn, utf8: bool, literals: bool) -> str:
-    local = draw(local_parts(utf8=utf8))
+    local = draw(_local_part(utf8))
     room = _MAX_MAILBOX_OCTETS - 1 - _octets(local)
     # One mailbox in four (when allowed) has an address literal. The longest literal,
     # "[IPv6:" + 39 + "]", is well within the room a 64-octet local part leaves.
@@ -520,7 +549,7 @@ def rcpt_commands(
 @_cached
 def _strings(*, utf8: bool) -> st.SearchStrategy[str]:
     # RFC 5321 section 4.1.2: String = Atom / Quoted-string.
-    atoms = st.text(_atext_chars(utf8), min_size=1, max_size=20)
+    atoms = _mixed_texts(_ATEXT, utf8, 1, 20)
     return st.one_of(atoms, _quoted_string(utf8))
 
 
@@ -573,10 +602,7 @@ def command_lines(*, utf8: bool = False) -> st.SearchStrategy[str]:
 
 @_cached
 def _words(eight_bit: bool, max_size: int) -> st.SearchStrategy[str]:
-    chars = st.sampled_from(_VCHAR)
-    if eight_bit:
-        chars = st.one_of(chars, _non_ascii_chars())
-    return st.text(chars, min_size=1, max_size=max_size)
+    return _mixed_texts(_VCHAR, eight_bit, 1, max_size)
 
 
 @_cached
@@ -612,19 +638,19 @@ def _header_block(draw: st.DrawFn, eight_bit: bool) -> list[str]:
 
 
 @_cached
-def _body_lines(eight_bit: bool) -> st.SearchStrategy[str]:
-    chars = st.sampled_from(_VCHAR + " \t")
-    if eight_bit:
-        chars = st.one_of(chars, _non_ascii_chars())
-    plain = st.text(chars, max_size=80)
-    dotted = st.one_of(
-        st.sampled_from((".", "..", "...", ". ", ".\t")),
-        plain.map(lambda text: "." + text),
-    )
-    long_line = st.tuples(chars, st.integers(0, _MAX_TEXT_LINE_OCTETS)).map(
-        lambda pair: pair[0] * pair[1]
-    )
-    return st.one_of(plain, dotted, long_line).map(lambda line: _fit(line, _MAX_TEXT_LINE_OCTETS))
+@st.composite
+def _body_line(draw: st.DrawFn, eight_bit: bool) -> str:
+    kind = draw(st.integers(0, 3))
+    if kind == 0:  # ordinary text
+        line = draw(_mixed_texts(_BODY_TEXT, eight_bit, 0, 80))
+    elif kind == 1:  # a line that dot-stuffing must protect (RFC 5321 section 4.5.2)
+        line = "." + draw(_mixed_texts(_BODY_TEXT, eight_bit, 0, 20))
+    elif kind == 2:  # a lone dot, the line that would end DATA unless stuffed
+        line = draw(st.sampled_from((".", "..", "...")))
+    else:  # a long line, up to the limit
+        unit = draw(_mixed_texts(_BODY_TEXT, eight_bit, 1, 4))
+        line = unit * draw(st.integers(0, _MAX_TEXT_LINE_OCTETS))
+    return _fit(line, _MAX_TEXT_LINE_OCTETS)
 
 
 @_cached
@@ -632,7 +658,7 @@ def _body_lines(eight_bit: bool) -> st.SearchStrategy[str]:
 def _message(draw: st.DrawFn, headers: bool | None, eight_bit: bool) -> bytes:
     with_headers = draw(st.booleans()) if headers is None else headers
     lines = [*draw(_header_block(eight_bit)), ""] if with_headers else []
-    lines += draw(st.lists(_body_lines(eight_bit), max_size=30))
+    lines += draw(st.lists(_body_line(eight_bit), max_size=30))
     return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
 
