@@ -27,6 +27,11 @@ ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 TYPECHECK_PYTHON = "3.11"
 
+# Linters and type checkers are pinned: a new release with new rules should be a deliberate change,
+# not a surprise failure. Raise the pins together with the code changes they ask for.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+PYRIGHT = "pyright[nodejs]==1.1.414"
 TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-xdist", "hypothesis>=6.100"]
 INTEROP_DEPS = ["aiosmtplib", "trustme"]
 DOCS_DEPS = ["sphinx>=7.2", "furo"]
@@ -53,7 +58,7 @@ def tests(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Run mypy --strict and require a 100% pyright type-completeness score for the public API."""
     session.install("-e", ".")
-    session.install("mypy", "pyright[nodejs]", *TEST_DEPS, *INTEROP_DEPS)
+    session.install(MYPY, PYRIGHT, *TEST_DEPS, *INTEROP_DEPS)
     # Files and options come from [tool.mypy] in pyproject.toml; the type tests of tests/typing
     # are added to the run once that directory holds any.
     if any((ROOT / "tests" / "typing").rglob("*.py")):
@@ -109,7 +114,7 @@ def _check_type_completeness(session: nox.Session, output: str) -> None:
 @nox.session(python=TYPECHECK_PYTHON)
 def lint(session: nox.Session) -> None:
     """Check the code with ruff, both the linter and the formatter."""
-    session.install("ruff")
+    session.install(RUFF)
     targets = [target for target in LINT_TARGETS if (ROOT / target).exists()]
     session.run("ruff", "check", *targets)
     session.run("ruff", "format", "--check", *targets)
