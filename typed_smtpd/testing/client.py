@@ -298,6 +298,14 @@ class SMTPTestClient:
     def _pipe_close(self) -> None:
         raise NotImplementedError
 
+    def _pipe_write_eof(self) -> None:
+        raise NotImplementedError
+
+    def send_eof(self) -> None:
+        """Half-close: tell the server nothing more comes; replies can still be read."""
+        self._close_tls()
+        self._pipe_write_eof()
+
     # --- context manager ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -717,6 +725,10 @@ class SocketClient(SMTPTestClient):
 
     def _pipe_close(self) -> None:
         self._writer.close()
+
+    def _pipe_write_eof(self) -> None:
+        if self._writer.can_write_eof():
+            self._writer.write_eof()
 
     async def wait_closed(self) -> None:
         """Wait until the socket is closed after :meth:`close`."""

@@ -289,6 +289,9 @@ class FakeClient(SMTPTestClient):
     def _pipe_close(self) -> None:
         self.transport._client_eof()
 
+    def _pipe_write_eof(self) -> None:
+        self.transport._client_eof()
+
 
 class FakeSMTPServer:
     """The real engine over in-memory streams, for ``async`` tests::

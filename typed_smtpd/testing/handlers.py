@@ -82,6 +82,8 @@ log = logging.getLogger("mail.log")
 DROPPED_ATTRIBUTE: Final = "typed_smtpd_dropped"
 _BYTES_PER_TICK_DIVISOR: Final = 10  # a throttled link sends rate/10 bytes every 0.1 s
 _TICK: Final = 0.1
+# The envelope attribute keeping the wrapped handle_DATA reply for the LMTP recipient replies.
+_COMMON_STATUS: Final = "typed_smtpd_common_status"
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +LAST)?", re.IGNORECASE)
 
 
@@ -213,7 +215,7 @@ class RecordingHandler:
         self._condition = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         if handler is not None:
-            _forward_hooks(self, handler, skip=("handle_DATA",))
+            _forward_hooks(self, handler, skip=("handle_DATA", "handle_DATA_recipient"))
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not found normally: the wrapped handler's own state.
@@ -226,7 +228,7 @@ class RecordingHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Run the wrapped ``handle_DATA`` (if any) and record the message on a 2xx answer."""
-        hook = getattr(self.wrapped, "handle_DATA", None) if self.wrapped is not None else None
+        hook = self._hook("handle_DATA")
         if hook is not None:
             status = await hook(server, session, envelope)
         else:
@@ -237,7 +239,25 @@ class RecordingHandler:
             and not getattr(envelope, DROPPED_ATTRIBUTE, False)
         ):
             self.record(ReceivedMessage.from_envelope(session, envelope))
+        if not hasattr(envelope, _COMMON_STATUS):
+            setattr(envelope, _COMMON_STATUS, status if hook is not None else None)
         return cast(str, status)
+
+    async def handle_DATA_recipient(
+        self, server: SMTP, session: Session, envelope: Envelope, recipient: str
+    ) -> str:
+        """LMTP: the wrapped hook's reply for ``recipient``; without one, what the engine itself
+        answers (the wrapped ``handle_DATA`` reply, or ``250 <recipient> OK``)."""
+        hook = self._hook("handle_DATA_recipient")
+        if hook is not None:
+            return cast(str, await hook(server, session, envelope, recipient))
+        common = getattr(envelope, _COMMON_STATUS, None)
+        if isinstance(common, str):
+            return common
+        return _default_reply(server, R.Reply(250, f"<{recipient}> OK", "2.1.5"))
+
+    def _hook(self, name: str) -> Any:
+        return getattr(self.wrapped, name, None) if self.wrapped is not None else None
 
     # --- the record -----------------------------------------------------------------------------
 
@@ -954,10 +974,12 @@ class FaultInjector:
             return outcome
         if outcome is Outcome.ACCEPT:
             setattr(envelope, DROPPED_ATTRIBUTE, True)
+            setattr(envelope, _COMMON_STATUS, None)
             return _default_reply(server, R.OK)
         hook = self._hook("handle_DATA")
         if hook is not None:
             return cast(str, await hook(server, session, envelope))
+        setattr(envelope, _COMMON_STATUS, None)  # LMTP: the engine's own recipient replies
         return await _deliver_without_hook(self.wrapped, server, session, envelope)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
