@@ -342,11 +342,6 @@ def test_require_starttls_allows_ehlo_noop_help_quit(
     assert len(handler.envelopes) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 530 of require_starttls is sent before BDAT reads its chunk: the chunk's "
-    "bytes are then read as commands",
-)
 def test_a_refused_bdat_chunk_is_never_read_as_commands(server_context: ssl.SSLContext) -> None:
     with (
         running(tls_context=server_context, require_starttls=True) as server,

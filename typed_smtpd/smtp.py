@@ -107,11 +107,13 @@ _TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 _REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
 
+#: The deprecated ``auth_callback(mechanism, login, password) -> bool``.
 AuthCallbackType = Callable[[str, bytes, bytes], bool]
 #: ``authenticator(server, session, envelope, mechanism, auth_data)``, sync or async.
 AuthenticatorType = Callable[
     ["SMTP", Session, Envelope, str, Any], "AuthResult | Awaitable[AuthResult]"
 ]
+#: An ``smtp_<VERB>`` command method, unbound: ``await method(server, arg)``.
 CommandMethod = Callable[["SMTP", "str | None"], Awaitable[None]]
 _C = TypeVar("_C", bound=Callable[..., Any])
 
@@ -672,10 +674,10 @@ class SMTP(asyncio.Protocol):
             self._count_bogus()
             return
         if self._tls_refused and verb != "QUIT":
-            self._reply(R.SECURITY_REFUSED)
+            await self._refuse(verb, command.arg, R.SECURITY_REFUSED)
             return
         if self.require_starttls and not self._tls_active and verb not in ALLOWED_BEFORE_STARTTLS:
-            self._reply(R.STARTTLS_FIRST)
+            await self._refuse(verb, command.arg, R.STARTTLS_FIRST)
             return
         if self._call_limits is not None:
             self._call_counts[verb] += 1
@@ -695,6 +697,20 @@ class SMTP(asyncio.Protocol):
             raise
         except Exception as error:
             await self._handle_error(error)
+
+    async def _refuse(self, verb: str, arg: str | None, reply: Reply) -> None:
+        """Refuse a command before it runs; a refused BDAT still has its chunk read (and
+        dropped), or those octets would be taken for commands (RFC 3030 section 2)."""
+        if verb == "BDAT":
+            match = _BDAT_ARG.fullmatch(arg or "")
+            if match is None:
+                self._reply(R.BDAT_BAD_SIZE)
+                self._close()
+                return
+            self._receiver.start_bdat(int(match.group(1)), discard=True)
+            if await self._next_event() is None:
+                return
+        self._reply(reply)
 
     async def _handle_error(self, error: Exception) -> None:
         peer = self.session.peer if self.session else None
@@ -1347,8 +1363,9 @@ class SMTP(asyncio.Protocol):
         if new_transport is None:
             self._close()
             return
+        # No second clear here: what arrives now was decrypted, so it was sent inside TLS (a
+        # client may send its first command right behind its Finished message).
         self.transport = new_transport
-        self._receiver.clear()
         self._tls_active = True
         old_peer = self.session.peer if self.session else None
         proxy_data = self.session.proxy_data if self.session else None

@@ -53,6 +53,8 @@ class Mode(Enum):
 
 
 class _NeedData(Enum):
+    """The type of :data:`NEED_DATA`."""
+
     NEED_DATA = auto()
 
     def __repr__(self) -> str:
@@ -97,6 +99,7 @@ class ChunkDone:
     data: bytes | None
 
 
+#: Everything :meth:`Receiver.next_event` can return besides :data:`NEED_DATA`.
 Event = Line | BadLine | DataDone | ChunkDone
 
 

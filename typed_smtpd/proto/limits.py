@@ -56,6 +56,7 @@ MAX_AUTH_FAILURES: Final = 3
 
 #: What to do with a bare CR, a bare LF or a NUL in a command or in message content.
 BareNewlinePolicy = Literal["reject", "normalize", "accept"]
+#: The values :data:`BareNewlinePolicy` allows, for run-time checks and command-line choices.
 BARE_NEWLINE_POLICIES: Final[tuple[BareNewlinePolicy, ...]] = ("reject", "normalize", "accept")
 
 

@@ -80,8 +80,7 @@ log = logging.getLogger("mail.log")
 #: An envelope attribute set by :class:`AcceptAndDrop`: the message was answered 250 and then
 #: thrown away, so :class:`RecordingHandler` does not record it.
 DROPPED_ATTRIBUTE: Final = "typed_smtpd_dropped"
-_BYTES_PER_TICK_DIVISOR: Final = 10  # a throttled link sends rate/10 bytes every 0.1 s
-_TICK: Final = 0.1
+_BYTES_PER_TICK_DIVISOR: Final = 10  # a throttled link sends rate/10 bytes (at least 1) at a time
 # The envelope attribute keeping the wrapped handle_DATA reply for the LMTP recipient replies.
 _COMMON_STATUS: Final = "typed_smtpd_common_status"
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +LAST)?", re.IGNORECASE)
@@ -672,7 +671,7 @@ class _ThrottledTransport(asyncio.Transport):
         del self._buffer[:size]
         self._inner.write(piece)
         if self._buffer:
-            self._loop.call_later(_TICK * len(piece) / size, self._pump)
+            self._loop.call_later(len(piece) / self._rate, self._pump)
             return
         self._pumping = False
         if self._closing:
