@@ -207,11 +207,6 @@ def test_commands_pipelined_after_starttls_are_discarded(
     assert all(s.host_name != "injected" for s in handler.noop_sessions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smtp_STARTTLS clears the receive buffer again after loop.start_tls() returns, "
-    "dropping a command that arrived with the client's last handshake message",
-)
 def test_a_command_sent_with_the_client_finished_message_is_answered(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
