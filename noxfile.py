@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,39 @@ if os.environ.get("CI"):
 ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 TYPECHECK_PYTHON = "3.11"
+
+
+def _expose_pyenv_pythons() -> None:
+    """Under pyenv, make every supported ``python3.X`` runnable by naming it in PYENV_VERSION.
+
+    pyenv's shims only run the versions PYENV_VERSION selects, and a shim-launched ``nox`` gets it
+    set to the active version alone. Keep the selected versions first and append the newest
+    installed patch release of each supported minor version missing from them.
+    """
+    if shutil.which("pyenv") is None:
+        return
+    try:
+        installed = _pyenv("versions", "--bare").split()
+        selected = os.environ.get("PYENV_VERSION") or _pyenv("version-name").strip()
+    except (OSError, subprocess.SubprocessError):
+        return
+    chosen = [name for name in selected.split(":") if name]
+    for minor in PYTHONS:
+        if any(name.startswith(f"{minor}.") for name in chosen):
+            continue
+        patches = [name for name in installed if re.fullmatch(rf"{re.escape(minor)}\.\d+", name)]
+        if patches:
+            chosen.append(max(patches, key=lambda name: int(name.rsplit(".", 1)[1])))
+    if chosen:
+        os.environ["PYENV_VERSION"] = ":".join(chosen)
+
+
+def _pyenv(*args: str) -> str:
+    command = ["pyenv", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+_expose_pyenv_pythons()
 
 # Linters and type checkers are pinned: a new release with new rules should be a deliberate change,
 # not a surprise failure. Raise the pins together with the code changes they ask for.
