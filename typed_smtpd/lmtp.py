@@ -7,6 +7,8 @@ every accepted recipient, in RCPT order. A handler can decide per recipient with
 
 from __future__ import annotations
 
+import asyncio
+
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.replies import Reply
 from typed_smtpd.smtp import SMTP, syntax
@@ -41,22 +43,44 @@ class LMTP(SMTP):
         """Refused in LMTP."""
         self._reply(R.unrecognized("EHLO"))
 
+    def _refuse_message(self, reply: Reply) -> None:
+        # The client waits for one reply per accepted recipient, whatever happened.
+        for _ in self._envelope.rcpt_tos:
+            self._reply(reply)
+
     async def _deliver(self) -> None:
         session, envelope = self.session, self._envelope
         assert session is not None
         hooks = self._hooks
-        common: str | None = None
-        if hooks.data is not None:
-            common = self._check_status(await hooks.data(self, session, envelope), "handle_DATA")
-            if common[0] != "2" or hooks.data_recipient is None:
-                for _ in envelope.rcpt_tos:
-                    self._queue_status(common, "handle_DATA")
-                return
+        try:
+            if hooks.data is not None:
+                common = self._check_status(
+                    await hooks.data(self, session, envelope), "handle_DATA"
+                )
+                if common[0] != "2" or hooks.data_recipient is None:
+                    for _ in envelope.rcpt_tos:
+                        self._queue_status(common, "handle_DATA")
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._replies_for_error(error, len(envelope.rcpt_tos))
+            return
         for recipient in envelope.rcpt_tos:
-            if hooks.data_recipient is not None:
+            if hooks.data_recipient is None:
+                self._reply(Reply(250, f"<{recipient}> OK", "2.1.5"))
+                continue
+            try:
                 await self._run_hook(
                     hooks.data_recipient(self, session, envelope, recipient),
                     "handle_DATA_recipient",
                 )
-            else:
-                self._reply(Reply(250, f"<{recipient}> OK", "2.1.5"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                # This recipient's reply comes from the error path; later ones still get theirs.
+                await self._replies_for_error(error, 1)
+
+    async def _replies_for_error(self, error: Exception, count: int) -> None:
+        for _ in range(count):
+            await self._handle_error(error)

@@ -1214,7 +1214,7 @@ class SMTP(asyncio.Protocol):
         if not isinstance(event, DataDone):
             return  # the client went away mid-message: nothing was accepted
         if event.raw is None:
-            self._reply(event.error or R.DATA_TOO_LARGE)
+            self._refuse_message(event.error or R.DATA_TOO_LARGE)
             self._reset_transaction()
             return
         content = process_content(
@@ -1228,7 +1228,7 @@ class SMTP(asyncio.Protocol):
     async def _finish_message(self, content: bytes | Reply) -> None:
         try:
             if isinstance(content, Reply):
-                self._reply(content)
+                self._refuse_message(content)
                 return
             envelope = self._envelope
             envelope.original_content = content
@@ -1236,13 +1236,17 @@ class SMTP(asyncio.Protocol):
                 try:
                     envelope.content = content.decode("utf-8" if self.enable_SMTPUTF8 else "ascii")
                 except UnicodeDecodeError:
-                    self._reply(R.DECODE_ERROR)
+                    self._refuse_message(R.DECODE_ERROR)
                     return
             else:
                 envelope.content = content
             await self._deliver()
         finally:
             self._reset_transaction()
+
+    def _refuse_message(self, reply: Reply) -> None:
+        """Refuse a complete message (LMTP answers once per recipient instead)."""
+        self._reply(reply)
 
     async def _deliver(self) -> None:
         """Hand the complete message to the handler and send the final reply."""
@@ -1299,9 +1303,15 @@ class SMTP(asyncio.Protocol):
         if not isinstance(event, ChunkDone):
             return
         if refusal is not None or event.data is None:
-            self._reply(refusal or R.DATA_TOO_LARGE)
+            refusal = refusal or R.DATA_TOO_LARGE
             if refusal is R.DATA_TOO_LARGE:
+                if last:
+                    self._refuse_message(refusal)
+                else:
+                    self._reply(refusal)
                 self._reset_transaction()
+            else:
+                self._reply(refusal)
             return
         chunks = self._bdat_chunks
         if chunks is None:
