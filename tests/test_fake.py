@@ -547,18 +547,15 @@ def test_socketpair_wait_times_out() -> None:
         server.wait_for_messages(1, timeout=0.01)
 
 
-# --- an engine defect found with the fake -------------------------------------------------------
+# --- STARTTLS: what arrives inside TLS is kept -------------------------------------------------
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    reason="engine: SMTP.smtp_STARTTLS clears the receive buffer after loop.start_tls() "
-    "returns, dropping a command that arrived together with the client's TLS Finished",
-    strict=True,
-)
 async def test_command_sent_with_the_tls_finished_is_answered(
     server_context: ssl.SSLContext,
 ) -> None:
+    """A command in the same segment as the client's last handshake flight is answered (only
+    what was pipelined in the clear before the handshake is discarded)."""
     from typed_smtpd.controller import serve
 
     async with serve(None, hostname="127.0.0.1", port=0, tls_context=server_context) as running:

@@ -390,14 +390,14 @@ class SMTPTestClient:
                 plain = ssl_object.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLError as error:
+                if not isinstance(error, ssl.SSLZeroReturnError):
+                    self._eof = True
+                    raise ServerDisconnected(self._why(f"TLS error: {error}")) from error
+                plain = b""
+            if not plain:  # the server's close_notify: answer it, the stream is over
                 self._close_tls()
                 self._eof = True
-                break
-            except ssl.SSLError as error:
-                self._eof = True
-                raise ServerDisconnected(self._why(f"TLS error: {error}")) from error
-            if not plain:
                 break
             self._received(plain)
         self._flush_tls()
