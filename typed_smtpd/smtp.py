@@ -40,7 +40,6 @@ from typed_smtpd.proto.commands import (
     parse_params,
     parse_path,
     split_path_and_params,
-    xtext_decode,
 )
 from typed_smtpd.proto.data import process_content
 from typed_smtpd.proto.framing import NEED_DATA, BadLine, ChunkDone, DataDone, Event, Line, Receiver
@@ -53,6 +52,7 @@ from typed_smtpd.proto.limits import (
     BareNewlinePolicy,
     Limits,
 )
+from typed_smtpd.proto.params import MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.replies import Reply
 from typed_smtpd.proto.state import State, Verb, allowed, sequence_error, state_of
 from typed_smtpd.session import (
@@ -1000,57 +1000,6 @@ class SMTP(asyncio.Protocol):
 
     # --- MAIL / RCPT ----------------------------------------------------------------------------
 
-    def _parse_mail_params(self, params: list[str], envelope: Envelope) -> Reply | None:
-        """Validate MAIL parameters into ``envelope``'s typed fields; a reply means refusal."""
-        seen: set[str] = set()
-        for param in params:
-            keyword, has_value, value = param.partition("=")
-            key = keyword.upper()
-            if key in seen:
-                return R.syntax("MAIL FROM: <address> [SP <mail-parameters>]")
-            seen.add(key)
-            if key == "SIZE":
-                if not has_value or not value.isdigit():
-                    return R.syntax("MAIL FROM: <address> SIZE=<number>")
-                size = int(value)
-                if self.data_size_limit and size > self.data_size_limit:
-                    return R.MAIL_SIZE_TOO_LARGE
-                envelope.size = size
-            elif key == "BODY":
-                body = value.upper()
-                if body == "7BIT" or body == "8BITMIME":
-                    envelope.body = body  # type: ignore[assignment]
-                elif body == "BINARYMIME" and not self._decode_data:
-                    envelope.body = "BINARYMIME"
-                else:
-                    return R.MAIL_BAD_BODY
-            elif key == "SMTPUTF8":
-                if has_value:
-                    return R.MAIL_SMTPUTF8_VALUE
-                if not self.enable_SMTPUTF8:
-                    return R.MAIL_SMTPUTF8_DISABLED
-                envelope.smtp_utf8 = True
-            elif key == "RET":
-                ret = value.upper()
-                if ret not in ("FULL", "HDRS"):
-                    return R.syntax("MAIL FROM: <address> RET=FULL|HDRS")
-                envelope.dsn_ret = ret  # type: ignore[assignment]
-            elif key == "ENVID":
-                try:
-                    envelope.dsn_envid = xtext_decode(value)
-                except ParamError:
-                    return R.syntax("MAIL FROM: <address> ENVID=<xtext>")
-            elif key == "AUTH":
-                try:
-                    envelope.auth = value if value == "<>" else xtext_decode(value)
-                except ParamError:
-                    return R.syntax("MAIL FROM: <address> AUTH=<xtext>")
-            elif key == "REQUIRETLS" and self._tls_active and not has_value:
-                envelope.requiretls = True
-            else:
-                return R.MAIL_PARAM_UNRECOGNIZED
-        return None
-
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         """MAIL FROM: open a transaction."""
@@ -1083,12 +1032,19 @@ class SMTP(asyncio.Protocol):
         ):
             self._reply(Reply(553, "Local part too long", "5.1.3"))
             return
-        staged = self._create_envelope()
-        refusal = self._parse_mail_params(params, staged)
-        if refusal is not None:
-            self._reply(refusal)
+        parsed = mail_params(
+            params,
+            MailPolicy(
+                size_limit=self.data_size_limit,
+                smtputf8=self.enable_SMTPUTF8,
+                binarymime=not self._decode_data,
+                tls_active=self._tls_active,
+            ),
+        )
+        if isinstance(parsed, Reply):
+            self._reply(parsed)
             return
-        if not address.isascii() and not staged.smtp_utf8:
+        if not address.isascii() and not parsed.smtp_utf8:
             self._reply(R.NEED_UTF8)
             return
         envelope = self._envelope
@@ -1106,35 +1062,10 @@ class SMTP(asyncio.Protocol):
                 envelope.mail_from = address
             if not envelope.mail_options:
                 envelope.mail_options.extend(params)
-            for name in ("size", "body", "smtp_utf8", "dsn_ret", "dsn_envid", "auth", "requiretls"):
-                setattr(envelope, name, getattr(staged, name))
-
-    def _parse_rcpt_params(self, params: list[str]) -> RecipientDSN | Reply:
-        notify: tuple[str, ...] = ()
-        orcpt: str | None = None
-        seen: set[str] = set()
-        for param in params:
-            keyword, has_value, value = param.partition("=")
-            key = keyword.upper()
-            if key in seen:
-                return R.syntax("RCPT TO: <address> [SP <rcpt-parameters>]")
-            seen.add(key)
-            if key == "NOTIFY" and has_value:
-                notify = tuple(v.upper() for v in value.split(","))
-                valid = {"SUCCESS", "FAILURE", "DELAY"}
-                if notify != ("NEVER",) and not (notify and set(notify) <= valid):
-                    return R.syntax("RCPT TO: <address> NOTIFY=NEVER|SUCCESS,FAILURE,DELAY")
-            elif key == "ORCPT" and has_value:
-                addr_type, semi, xtext = value.partition(";")
-                try:
-                    if not semi or not addr_type:
-                        raise ParamError("ORCPT needs addr-type;xtext")
-                    orcpt = f"{addr_type};{xtext_decode(xtext)}"
-                except ParamError:
-                    return R.syntax("RCPT TO: <address> ORCPT=<addr-type>;<xtext>")
-            else:
-                return R.RCPT_PARAM_UNRECOGNIZED
-        return RecipientDSN(notify, orcpt)
+            envelope.size, envelope.body = parsed.size, parsed.body
+            envelope.smtp_utf8, envelope.requiretls = parsed.smtp_utf8, parsed.requiretls
+            envelope.dsn_ret, envelope.dsn_envid = parsed.dsn_ret, parsed.dsn_envid
+            envelope.auth = parsed.auth
 
     @syntax("RCPT TO: <address>", extended=" [SP <rcpt-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -1160,10 +1091,11 @@ class SMTP(asyncio.Protocol):
         except ParamError:
             self._reply(R.syntax(usage))
             return
-        dsn = self._parse_rcpt_params(params)
-        if isinstance(dsn, Reply):
-            self._reply(dsn)
+        parsed = rcpt_params(params)
+        if isinstance(parsed, Reply):
+            self._reply(parsed)
             return
+        dsn = RecipientDSN(parsed.notify, parsed.orcpt)
         envelope = self._envelope
         if not address.isascii() and not envelope.smtp_utf8:
             self._reply(R.NEED_UTF8)
