@@ -1,9 +1,14 @@
 """The command line: ``typed-smtpd`` and ``python -m typed_smtpd``.
 
 What lives here: the argument parser (aiosmtpd's flags, fixed, plus LMTP, Unix sockets, AUTH from
-a password file, PROXY protocol and limits), :func:`parse_listen`, the password-file
-authenticator, and :func:`main`, which serves until SIGINT or SIGTERM and then shuts down
-cleanly (exit status 0).
+a password file, PROXY protocol, limits, uvloop and worker processes), :func:`parse_listen`, the
+password-file authenticator, and :func:`main`, which serves until SIGINT or SIGTERM and then shuts
+down cleanly (exit status 0).
+
+With ``--workers N`` the process becomes a supervisor: it reserves the address, forks N workers
+that each run their own event loop and listen on the same port with ``SO_REUSEPORT`` (the kernel
+spreads connections among them), forwards SIGINT and SIGTERM to them, and reports a worker that
+dies.
 
 The order of start-up matters when started as root: TLS keys and the password file are read and
 the socket is bound first, then the process switches to the user ``nobody``, and only then is the
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -23,14 +30,17 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import stat
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import traceback
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
-from typing import TYPE_CHECKING, Final
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from typed_smtpd import __version__
 from typed_smtpd.session import AuthResult, LoginPassword
@@ -52,7 +62,7 @@ __all__ = [
     "parse_listen",
 ]
 
-log = logging.getLogger("mail.log")
+log: logging.Logger = logging.getLogger("mail.log")
 
 PROG: Final = "typed-smtpd"
 DEFAULT_HOST: Final = "localhost"
@@ -68,6 +78,14 @@ DEFAULT_TIMEOUT: Final = 300.0
 SHUTDOWN_GRACE: Final = 5.0
 #: Seconds to wait for the listening server to report closed once every connection was told to go.
 _CLOSE_TIMEOUT: Final = 2.0
+#: The most worker processes ``--workers`` starts: far more than cores on any machine, low enough
+#: that a typo cannot fork thousands of processes.
+MAX_WORKERS: Final = 256
+#: Whether ``--workers`` can work here: it needs SO_REUSEPORT that spreads connections among the
+#: sockets sharing a port, which is Linux's behaviour (elsewhere one socket takes them all).
+_WORKERS_SUPPORTED: Final = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+#: ``prctl`` option asking the kernel to signal a process when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG: Final = 1
 
 _PORT: Final = re.compile(r"[0-9]{1,5}")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -95,6 +113,19 @@ examples:
       a submission server: STARTTLS, then AUTH, relaying to smtp.example.com
   {PROG} -n --lmtp --unix-socket /run/lmtp.sock -c typed_smtpd.handlers.Mailbox /srv/mail
       an LMTP server on a Unix socket
+  {PROG} -l 0.0.0.0:25 --workers 4 --uvloop -c typed_smtpd.handlers.Mailbox /srv/mail
+      four processes sharing port 25, each on uvloop's event loop
+
+speed:
+  --uvloop runs the server on uvloop's event loop instead of asyncio's own. uvloop is optional:
+  pip install 'typed-smtpd[speed]'. Without it, --uvloop is an error.
+
+  --workers N starts N worker processes that listen on the same address and port through
+  SO_REUSEPORT, so the kernel spreads connections among them (Linux only; TCP only, not with
+  --unix-socket). Each worker has its own event loop and its own handler; handlers that keep
+  state in memory keep it per worker. SIGINT or SIGTERM to the first process stops every worker
+  as above. If a worker dies, the others are stopped and the command exits with status 1, so that
+  a service manager can restart the whole server.
 """
 
 
@@ -169,6 +200,13 @@ def _positive_int(value: str) -> int:
     number = _non_negative_int(value)
     if number == 0:
         raise argparse.ArgumentTypeError("expected a whole number >= 1, not 0")
+    return number
+
+
+def _worker_count(value: str) -> int:
+    number = _positive_int(value)
+    if number > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_WORKERS} workers, not {number}")
     return number
 
 
@@ -335,6 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="expect a PROXY protocol header (v1 or v2) first, within SECONDS",
     )
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run on uvloop's event loop (pip install 'typed-smtpd[speed]')",
+    )
+    speed.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port with SO_REUSEPORT (Linux; default: 1)",
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--smtpscert", metavar="FILE", help="certificate for implicit TLS (SMTPS)")
     tls.add_argument("--smtpskey", metavar="FILE", help="private key for implicit TLS (SMTPS)")
@@ -385,6 +436,8 @@ class _Config:
     debug: int
     ssl_context: ssl.SSLContext | None
     max_connections: int | None
+    uvloop: bool
+    workers: int
     smtp: _SMTPOptions
 
 
@@ -473,6 +526,20 @@ def _configure(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> _Conf
             _warn(f"{ns.auth_file} can be read by other users")
         if smtps is None and starttls is None:
             _warn("AUTH is offered without TLS: passwords will cross the network in clear")
+    if ns.workers > 1:
+        if ns.unix_socket is not None:
+            parser.error(
+                "--workers needs a TCP address: SO_REUSEPORT does not apply to Unix sockets"
+            )
+        if not _WORKERS_SUPPORTED:
+            parser.error("--workers needs SO_REUSEPORT load balancing, which only Linux offers")
+    if ns.uvloop:
+        try:
+            importlib.import_module("uvloop")
+        except ImportError:
+            parser.error(
+                "--uvloop needs uvloop, which is not installed: pip install 'typed-smtpd[speed]'"
+            )
     host, port = ns.listen if ns.listen is not None else (DEFAULT_HOST, DEFAULT_PORT)
     return _Config(
         handler_factory=_load_handler_factory(parser, ns.classpath),
@@ -486,6 +553,8 @@ def _configure(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> _Conf
         debug=ns.debug,
         ssl_context=smtps,
         max_connections=ns.max_connections,
+        uvloop=ns.uvloop,
+        workers=ns.workers,
         smtp=_SMTPOptions(
             data_size_limit=ns.size or None,
             enable_SMTPUTF8=ns.smtputf8,
@@ -594,8 +663,29 @@ def _remove_socket_file(path: str | None, identity: tuple[int, int] | None) -> N
             os.unlink(path)
 
 
-async def _serve(parser: argparse.ArgumentParser, config: _Config) -> None:
-    """Bind, drop privileges, build the handler, serve until a signal, then shut down."""
+#: Receives where the server listens and a description of it, once it is serving.
+_Announce = Callable[[str, str], None]
+
+
+def _print_banner(where: str, description: str) -> None:
+    """Say on standard error that the server is listening (the line scripts wait for)."""
+    print(f"{PROG} {__version__} listening on {where} ({description})", file=sys.stderr, flush=True)
+
+
+async def _serve(
+    parser: argparse.ArgumentParser,
+    config: _Config,
+    *,
+    announce: _Announce = _print_banner,
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    reuse_port: bool = False,
+) -> None:
+    """Bind, drop privileges, build the handler, serve until a signal, then shut down.
+
+    ``announce`` is called once the server accepts connections; ``signals`` stop it (a second
+    one cuts the grace period short). A worker passes ``reuse_port`` to share its port; it starts
+    with ``signals`` blocked, and they are unblocked once their handlers are in place.
+    """
     from typed_smtpd.smtp import SMTP, ConnectionTracker
 
     server_class: type[SMTP] = SMTP
@@ -613,12 +703,15 @@ async def _serve(parser: argparse.ArgumentParser, config: _Config) -> None:
             )
         else:
             server = await loop.create_server(
-                factory, config.host, config.port, ssl=config.ssl_context, start_serving=False
+                factory,
+                config.host,
+                config.port,
+                ssl=config.ssl_context,
+                reuse_port=reuse_port or None,
+                start_serving=False,
             )
     except OSError as error:
-        # asyncio wraps the reason in a sentence of its own; the errno says it plainly.
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        raise _StartError(f"cannot listen on {_where(config)}: {reason}") from None
+        raise _StartError(f"cannot listen on {_where(config)}: {_reason(error)}") from None
     socket_file = _socket_identity(config.unix_socket)
     stop = asyncio.Event()
     force = asyncio.Event()
@@ -626,7 +719,6 @@ async def _serve(parser: argparse.ArgumentParser, config: _Config) -> None:
     def on_signal() -> None:
         (force if stop.is_set() else stop).set()
 
-    signals = (signal.SIGINT, signal.SIGTERM)
     try:
         if config.setuid and hasattr(os, "geteuid") and os.geteuid() == 0:
             _switch_to_nobody()
@@ -636,20 +728,19 @@ async def _serve(parser: argparse.ArgumentParser, config: _Config) -> None:
         for signum in signals:
             with suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt
                 loop.add_signal_handler(signum, on_signal)
+        if reuse_port:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         await server.start_serving()
         where = _where(config)
         if config.unix_socket is None:
             where = ", ".join(_format_address(sock.getsockname()) for sock in server.sockets)
         handler_class = type(factory.handler)
-        details = ("LMTP, " if config.lmtp else "") + (
-            "implicit TLS, " if config.ssl_context else ""
+        details = (
+            ("uvloop, " if type(loop).__module__.partition(".")[0] == "uvloop" else "")
+            + ("LMTP, " if config.lmtp else "")
+            + ("implicit TLS, " if config.ssl_context else "")
         )
-        print(
-            f"{PROG} {__version__} listening on {where} ({details}handler "
-            f"{handler_class.__module__}.{handler_class.__qualname__})",
-            file=sys.stderr,
-            flush=True,
-        )
+        announce(where, f"{details}handler {handler_class.__module__}.{handler_class.__qualname__}")
         await stop.wait()
         log.info("shutting down")
         server.close()
@@ -671,6 +762,249 @@ async def _serve(parser: argparse.ArgumentParser, config: _Config) -> None:
         _remove_socket_file(config.unix_socket, socket_file)
 
 
+def _reason(error: OSError) -> str:
+    """Why a bind failed, plainly: asyncio wraps the reason in a sentence of its own."""
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
+def _run(main: Coroutine[Any, Any, None], config: _Config) -> None:
+    """Run ``main`` to completion on asyncio's event loop, or on uvloop's with ``--uvloop``."""
+    if config.uvloop:
+        # Imported by name: uvloop is an optional dependency, absent where type checks run.
+        importlib.import_module("uvloop").run(main, debug=config.debug >= 3)
+    else:
+        asyncio.run(main, debug=config.debug >= 3)
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+
+def _reserve(config: _Config) -> list[socket.socket]:
+    """Bind (without listening) every address the workers will listen on, with SO_REUSEPORT.
+
+    This reports an address in use before any worker starts, turns port 0 into one port that all
+    workers share, and keeps the port taken while workers come and go. A socket that does not
+    listen is given no connections, so the kernel spreads them among the workers alone.
+    """
+    where = _where(config)
+    try:
+        infos = socket.getaddrinfo(
+            config.host or None,
+            config.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except socket.gaierror as error:
+        raise _StartError(f"cannot listen on {where}: {error.strerror}") from None
+    port = config.port
+    reserved: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            reserved.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio does: IPv4 gets sockets of its own
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
+    except OSError as error:
+        for sock in reserved:
+            sock.close()
+        raise _StartError(f"cannot listen on {where}: {_reason(error)}") from None
+    if not reserved:
+        raise _StartError(f"cannot listen on {where}: no address")
+    return reserved
+
+
+def _exit_description(code: int) -> str:
+    """How a process ended, from :func:`os.waitstatus_to_exitcode`."""
+    if code < 0:
+        with suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _die_with_parent(parent: int) -> bool:
+    """Ask Linux to send SIGTERM to this worker when the supervisor dies; False if it has."""
+    with suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    return os.getppid() == parent
+
+
+class _Supervisor:
+    """Starts the worker processes one after the other, then waits for them to end.
+
+    A worker reports that it listens through a pipe, so that a worker that cannot start (its
+    handler's arguments are wrong, say) fails once, before the others start. SIGINT and SIGTERM
+    are passed on to the workers as SIGTERM: workers ignore SIGINT, so that Ctrl-C in a terminal,
+    which signals the whole process group, reaches them once, through the supervisor.
+    """
+
+    _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, parser: argparse.ArgumentParser, config: _Config) -> None:
+        self.parser = parser
+        self.config = config
+        self.reserved: list[socket.socket] = []
+        self.workers: dict[int, int] = {}  # pid -> worker number
+        self.stopping = False
+        self.status = 0
+
+    def run(self) -> int:
+        """Serve with the workers until a signal or a worker's death; return the exit status."""
+        self.reserved = _reserve(self.config)
+        self.config = dataclasses.replace(self.config, port=self.reserved[0].getsockname()[1])
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in self._SIGNALS}
+        try:
+            ready: tuple[str, str] | None = None
+            for number in range(1, self.config.workers + 1):
+                if self.stopping:
+                    break
+                started = self._start(number)
+                if started is None:
+                    self._stop_all()
+                    break
+                ready = ready or started
+            if ready is not None and not self.stopping:
+                where, description = ready
+                pids = ", ".join(str(pid) for pid in self.workers)
+                _print_banner(where, f"{len(self.workers)} workers, pids {pids}; {description}")
+            self._wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for sock in self.reserved:
+                sock.close()
+        return self.status
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        self._signal_workers()
+
+    def _signal_workers(self) -> None:
+        for pid in self.workers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _stop_all(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._signal_workers()
+
+    def _start(self, number: int) -> tuple[str, str] | None:
+        """Fork worker ``number`` and wait until it listens; None if it ended first."""
+        read_end, write_end = os.pipe()
+        # Blocked across the fork: the worker must not run the supervisor's handlers, and a
+        # signal that arrives before the worker's own handlers are set must wait for them.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as error:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(read_end)
+            os.close(write_end)
+            print(f"{PROG}: error: cannot start worker {number}: {error}", file=sys.stderr)
+            self.status = 1
+            return None
+        if pid == 0:
+            os.close(read_end)
+            self._work(write_end)
+        self.workers[pid] = number
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(write_end)
+        try:
+            message = b""
+            while b"\n" not in message and (chunk := os.read(read_end, 4096)):
+                message += chunk
+        finally:
+            os.close(read_end)
+        where, tab, description = message.decode("utf-8", "replace").rstrip("\n").partition("\t")
+        if tab:
+            return where, description
+        # The worker ended before it listened, and said why (unless a signal killed it).
+        _, wait_status = os.waitpid(pid, 0)
+        del self.workers[pid]
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code < 0 and not self.stopping:
+            self._report(number, pid, code)
+        self.status = self.status or (code if code > 0 else 1)
+        return None
+
+    def _work(self, ready: int) -> NoReturn:
+        """The worker process: serve until SIGTERM, then exit (never returns to the caller)."""
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for sock in self.reserved:
+                sock.close()
+            parent = os.getppid()
+            if not _die_with_parent(parent):
+                os._exit(0)
+
+            def announce(where: str, description: str) -> None:
+                os.write(ready, f"{where}\t{description}\n".encode("utf-8", "replace"))
+                os.close(ready)
+
+            main = _serve(
+                self.parser,
+                self.config,
+                announce=announce,
+                signals=(signal.SIGTERM,),
+                reuse_port=True,
+            )
+            _run(main, self.config)
+            code = 0
+        except _StartError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+        except SystemExit as exit_:  # parser.error from a handler's from_cli
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+
+    def _wait(self) -> None:
+        """Reap the workers; one that ends on its own is reported, and the others are stopped."""
+        while self.workers:
+            try:
+                pid, wait_status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+            number = self.workers.pop(pid, None)
+            if number is None:
+                continue
+            code = os.waitstatus_to_exitcode(wait_status)
+            if self.stopping and code == 0:
+                continue
+            self._report(number, pid, code)
+            if not self.stopping:
+                print(f"{PROG}: stopping the other workers", file=sys.stderr, flush=True)
+            self.status = 1
+            self._stop_all()
+
+    @staticmethod
+    def _report(number: int, pid: int, code: int) -> None:
+        print(
+            f"{PROG}: error: worker {number} (pid {pid}) {_exit_description(code)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# --- the entry point -----------------------------------------------------------------------------
+
+
 def _configure_logging(level: int) -> None:
     logging.basicConfig(
         level=logging.DEBUG if level >= 2 else logging.INFO if level == 1 else logging.WARNING,
@@ -683,14 +1017,17 @@ def main(args: Sequence[str] | None = None) -> int:
     """Run the command line with ``args`` (default: ``sys.argv[1:]``); return the exit status.
 
     Usage errors exit with status 2 through :class:`SystemExit`, as :mod:`argparse` does; a
-    server that cannot start returns 1; a server stopped by SIGINT or SIGTERM returns 0.
+    server that cannot start returns 1; a server stopped by SIGINT or SIGTERM returns 0. With
+    ``--workers``, a worker that dies makes it return 1 once the others have stopped.
     """
     parser = build_parser()
     ns = parser.parse_args(args)
     config = _configure(parser, ns)
     _configure_logging(config.debug)
     try:
-        asyncio.run(_serve(parser, config), debug=config.debug >= 3)
+        if config.workers > 1:
+            return _Supervisor(parser, config).run()
+        _run(_serve(parser, config), config)
     except _StartError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
         return 1
