@@ -62,7 +62,7 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger("mail.log")
+log: logging.Logger = logging.getLogger("mail.log")
 
 #: Seconds :meth:`BaseThreadedController.start` waits for the server thread to report back. It is a
 #: limit, not a delay: a server that binds in a millisecond is ready in a millisecond.
@@ -484,7 +484,7 @@ class BaseThreadedController(BaseController, ABC):
         """
         assert self._thread is None, "SMTP daemon already running"
         if self.loop.is_closed() and self._owns_loop:
-            self.loop = asyncio.new_event_loop()
+            self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         if self.loop.is_closed():
             raise RuntimeError("the controller's event loop is closed")
         if self.loop.is_running():
@@ -561,8 +561,8 @@ class BaseThreadedController(BaseController, ABC):
                 log.warning("SMTP server thread did not end within %s seconds", _JOIN_TIMEOUT)
         if self._owns_loop and not self.loop.is_running() and not self.loop.is_closed():
             self.loop.close()
-        self.server = None
-        self.smtpd = None
+        self.server: asyncio.Server | None = None
+        self.smtpd: SMTP | None = None
         self._tracker = None
         self._thread_exception = None
 
@@ -640,7 +640,7 @@ class BaseUnthreadedController(BaseController, ABC):
         try:
             await self._shutdown(self.grace_period)
         finally:
-            self.smtpd = None
+            self.smtpd: SMTP | None = None
             self.ended.set()
 
     def end(self) -> None:

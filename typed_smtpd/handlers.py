@@ -44,7 +44,7 @@ __all__ = [
     "Sink",
 ]
 
-log = logging.getLogger("mail.log")
+log: logging.Logger = logging.getLogger("mail.log")
 
 #: The reply to a message that was stored or relayed.
 OK_REPLY: Final = "250 OK"
@@ -303,8 +303,8 @@ class Mailbox(Message[_MessageT]):
         self, mail_dir: str | os.PathLike[str], message_class: type[_MessageT] | None = None
     ) -> None:
         super().__init__(message_class)
-        self.mail_dir = os.path.abspath(mail_dir)
-        self.mailbox = mailbox.Maildir(self.mail_dir)
+        self.mail_dir: str = os.path.abspath(mail_dir)
+        self.mailbox: mailbox.Maildir = mailbox.Maildir(self.mail_dir)
 
     @classmethod
     def from_cli(cls, parser: ArgumentParser, *args: str) -> Self:

@@ -442,7 +442,7 @@ class HookRegistry:
     )
 
     def __init__(self, handler: object) -> None:
-        self.handler = handler
+        self.handler: object = handler
         spec = _spec_for(handler)
         bound: dict[str, Any] = {name: getattr(handler, name) for name in spec.names}
         get = bound.get

@@ -86,7 +86,7 @@ __all__ = [
 #: Another name for :data:`V2_SIGNATURE`.
 PROXYv2_SIGNATURE = V2_SIGNATURE
 
-log = logging.getLogger("mail.debug")
+log: logging.Logger = logging.getLogger("mail.debug")
 
 
 class AsyncReader(Protocol):

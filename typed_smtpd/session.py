@@ -36,7 +36,7 @@ __all__ = [
     "_Missing",
 ]
 
-log = logging.getLogger("mail.log")
+log: logging.Logger = logging.getLogger("mail.log")
 
 #: The peer of a connection: ``(host, port)`` (or the 4-tuple of IPv6) for TCP, a path for Unix
 #: sockets, ``None`` before the connection is made.

@@ -90,7 +90,7 @@ __all__ = [
     "syntax",
 ]
 
-log = logging.getLogger("mail.log")
+log: logging.Logger = logging.getLogger("mail.log")
 
 __ident__: Final = f"ESMTP typed_smtpd {__version__}"
 #: The default of each per-command limit when ``command_call_limit`` is a dict without ``"*"``.
@@ -169,7 +169,7 @@ class ConnectionTracker:
     def __init__(self, max_connections: int | None = None) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1 (or None for no cap)")
-        self.max_connections = max_connections
+        self.max_connections: int | None = max_connections
         self._connections: set[SMTP] = set()
         self._empty: asyncio.Event | None = None
 
@@ -278,16 +278,16 @@ class SMTP(asyncio.Protocol):
         enhanced_status_codes: bool = True,
         connection_tracker: ConnectionTracker | None = None,
     ) -> None:
-        self.event_handler = handler
+        self.event_handler: object = handler
         self._hooks = HookRegistry(handler)
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self.data_size_limit: int | None = data_size_limit
+        self.enable_SMTPUTF8: bool = enable_SMTPUTF8
         self._decode_data = decode_data
-        self.hostname = _fqdn() if hostname is None else hostname
+        self.hostname: str = _fqdn() if hostname is None else hostname
         self._ident = __ident__ if ident is None else ident
         if "\r" in self.hostname + self._ident or "\n" in self.hostname + self._ident:
             raise ValueError("hostname and ident must not contain CR or LF")
-        self.tls_context = tls_context
+        self.tls_context: ssl.SSLContext | None = tls_context
         if tls_context is not None:
             if tls_context.verify_mode == ssl.CERT_REQUIRED:
                 log.warning(
@@ -296,8 +296,8 @@ class SMTP(asyncio.Protocol):
                 )
             if tls_context.check_hostname:
                 log.warning("tls_context.check_hostname is set: it has no meaning on a server")
-        self.require_starttls = tls_context is not None and require_starttls
-        self.limits = Limits(
+        self.require_starttls: bool = tls_context is not None and require_starttls
+        self.limits: Limits = Limits(
             data_size_limit=data_size_limit,
             command_size_limit=type(self).command_size_limit,
             line_length_limit=type(self).line_length_limit,
@@ -334,7 +334,7 @@ class SMTP(asyncio.Protocol):
         self._proxy_timeout = proxy_protocol_timeout
         self._proxy_trusted = tuple(proxy_trusted_networks or ())
         self._enhanced = enhanced_status_codes
-        self.connection_tracker = connection_tracker
+        self.connection_tracker: ConnectionTracker | None = connection_tracker
         self._mechanisms = self._collect_mechanisms()
         if loop is None:
             try:

@@ -146,10 +146,10 @@ class Receiver:
         self._remaining = 0
         self._sasl_limit = max_line
         #: The longest command line accepted, CRLF included.
-        self.max_line = max_line
+        self.max_line: int = max_line
         self.policy: BareNewlinePolicy = policy
         #: Whether 8-bit command lines are allowed (SMTPUTF8 enabled).
-        self.utf8 = utf8
+        self.utf8: bool = utf8
 
     # --- input ----------------------------------------------------------------------------------
 
