@@ -208,11 +208,11 @@ def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
 # TLV vectors
 
 
-class MalformedTLV(RuntimeError):  # noqa: N818 - the aiosmtpd name
+class MalformedTLV(RuntimeError):  # the aiosmtpd name
     """A TLV vector runs past the end of its enclosing data, or an SSL TLV is inconsistent."""
 
 
-class UnknownTypeTLV(KeyError):  # noqa: N818 - the aiosmtpd name
+class UnknownTypeTLV(KeyError):  # the aiosmtpd name
     """Strict TLV parsing met a type that :attr:`ProxyTLV.PP2_TYPENAME` does not name."""
 
 
