@@ -89,6 +89,7 @@ class ServerOptions:
 
 
 _FIELDS: Final = frozenset(ServerOptions.__dataclass_fields__)
+_FLAGS: Final = frozenset({"require_starttls", "auth_required", "lmtp"})
 
 
 def _tls_mode(value: object) -> TLSMode:
@@ -124,16 +125,18 @@ def options_from_env(environ: Mapping[str, str] | None = None) -> ServerOptions:
     """Default options, changed by ``TYPED_SMTPD_*`` variables (HOST, HOSTNAME, TLS,
     REQUIRE_STARTTLS, AUTH, AUTH_REQUIRED, LMTP). Raises :class:`ValueError` for a bad value."""
     env = os.environ if environ is None else environ
-    overrides: dict[str, Any] = {}
-    for name in ("host", "hostname", "tls", "auth"):
-        value = env.get(ENV_PREFIX + name.upper())
-        if value:
-            overrides[name] = value
-    for name in ("require_starttls", "auth_required", "lmtp"):
-        value = env.get(ENV_PREFIX + name.upper())
-        if value is not None:
-            overrides[name] = _flag(ENV_PREFIX + name.upper(), value)
-    return ServerOptions().merged(overrides)
+    options = ServerOptions()
+    for name in ("host", "hostname", "tls", "auth", "require_starttls", "auth_required", "lmtp"):
+        variable = ENV_PREFIX + name.upper()
+        value = env.get(variable)
+        if value is None or (value == "" and name in ("host", "hostname", "tls", "auth")):
+            continue
+        try:
+            parsed: object = _flag(variable, value) if name in _FLAGS else value
+            options = options.merged({name: parsed})
+        except ValueError as error:
+            raise ValueError(f"{variable}: {error}") from None
+    return options
 
 
 class TestCertificates:
