@@ -1,7 +1,9 @@
-"""Tests of the built-in handlers, calling their hooks directly (no SMTP server involved).
+"""Tests of the built-in handlers: their hooks called directly, then the Proxy between servers.
 
-The Proxy handler is pointed at a small scripted relay, written here with asyncio streams, that
-records what it receives and answers as each test tells it to.
+For the direct calls, the Proxy handler is pointed at a small scripted relay, written here with
+asyncio streams, that records what it receives and answers as each test tells it to. The last
+tests put a typed_smtpd server with a Proxy in front of a second typed_smtpd server, over real
+sockets: relay accepting, refusing some recipients, down, and slow.
 """
 
 from __future__ import annotations
@@ -752,3 +754,81 @@ async def test_proxy_between_two_servers() -> None:
     relayed = far.envelopes[0].original_content or b""
     assert relayed.startswith(b"X-Peer: 127.0.0.1\r\nFrom: Anne Person")
     assert relayed.endswith(b"Hi Bart, this is Anne.\r\n")
+
+
+@pytest.mark.integration
+def test_proxy_relay_down_answers_451_over_sockets(closed_port: int) -> None:
+    from typed_smtpd.controller import Controller
+
+    with Controller(Proxy("127.0.0.1", closed_port), hostname="127.0.0.1", port=0) as front:
+        with pytest.raises(smtplib.SMTPDataError) as error:
+            send(front.port, ["bart@example.com"])
+        assert error.value.smtp_code == 451
+        assert error.value.smtp_error == handlers.RELAY_UNAVAILABLE_REPLY[4:].encode()
+        # The front is still there, and still answers.
+        with smtplib.SMTP("127.0.0.1", front.port, timeout=30) as client:
+            assert client.noop()[0] == 250
+
+
+class HeldRelay(RecordingRelay):
+    """A relay whose DATA hook waits, in its own event loop, until the test lets it go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        self.entered.set()
+        await asyncio.to_thread(self.release.wait, 30)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.integration
+def test_proxy_slow_relay_does_not_hold_up_other_clients() -> None:
+    from typed_smtpd.controller import Controller
+
+    far = HeldRelay()
+    with (
+        Controller(far, hostname="127.0.0.1", port=0) as relay,
+        Controller(Proxy("127.0.0.1", relay.port), hostname="127.0.0.1", port=0) as front,
+    ):
+        outcome: list[object] = []
+        slow = threading.Thread(
+            target=lambda: outcome.append(send(front.port, ["bart@example.com"])), daemon=True
+        )
+        slow.start()
+        try:
+            assert far.entered.wait(30), "the message never reached the relay"
+            # The relay holds the first message; the front serves a second client meanwhile.
+            with smtplib.SMTP("127.0.0.1", front.port, timeout=30) as client:
+                assert client.ehlo()[0] == 250
+                assert client.noop()[0] == 250
+            assert slow.is_alive()
+            assert outcome == []
+        finally:
+            far.release.set()
+        slow.join(30)
+    assert outcome == [{}]
+    assert [e.rcpt_tos for e in far.envelopes] == [["bart@example.com"]]
+
+
+@pytest.mark.integration
+def test_proxy_relay_slower_than_the_timeout_answers_451() -> None:
+    from typed_smtpd.controller import Controller
+
+    far = HeldRelay()
+    try:
+        with (
+            Controller(far, hostname="127.0.0.1", port=0) as relay,
+            Controller(
+                Proxy("127.0.0.1", relay.port, timeout=0.5), hostname="127.0.0.1", port=0
+            ) as front,
+        ):
+            with pytest.raises(smtplib.SMTPDataError) as error:
+                send(front.port, ["bart@example.com"])
+            assert error.value.smtp_code == 451
+            assert error.value.smtp_error == handlers.RELAY_UNAVAILABLE_REPLY[4:].encode()
+            assert far.entered.is_set()
+    finally:
+        far.release.set()
