@@ -13,26 +13,11 @@ starts a server.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.tls_support import CLIENT_IDENTITY, SERVER_NAME
-
-
-@dataclass(frozen=True)
-class PemFiles:
-    """The test PKI as files, for programs that cannot take an ``SSLContext``."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-    #: Certificate chain and key in one file (HAProxy's ``crt`` format).
-    server_combined: Path
-    client_cert: Path
-    client_key: Path
+from tests.tls_support import CLIENT_IDENTITY, SERVER_NAME, PemFiles
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,16 @@ What lives here: :class:`TLSClient`, the byte-exact line client of :mod:`tests.s
 from the first byte (SMTPS); :func:`start_tls`, which upgrades such a client in place after the
 ``220`` to STARTTLS; :class:`MemoryTLS`, a client handshake driven by hand with
 :class:`ssl.MemoryBIO` for tests that must control what each write carries; and the names the test
-certificates are issued for. The certificates themselves are fixtures in
-:mod:`tests.tls_fixtures`. Nothing here starts a server.
+certificates are issued for, and :class:`PemFiles`, where the PEM copies of the certificates are.
+The certificates themselves are fixtures in :mod:`tests.tls_fixtures`. Nothing here starts a server.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support import TIMEOUT, RawClient
 
@@ -19,6 +21,19 @@ from tests.support import TIMEOUT, RawClient
 SERVER_NAME = "127.0.0.1"
 #: The identity in the client certificate (an e-mail subjectAltName).
 CLIENT_IDENTITY = "client@example.test"
+
+
+@dataclass(frozen=True)
+class PemFiles:
+    """The test PKI as files, for programs that cannot take an ``SSLContext``."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    #: Certificate chain and key in one file (HAProxy's ``crt`` format).
+    server_combined: Path
+    client_cert: Path
+    client_key: Path
 
 
 class TLSClient(RawClient):
