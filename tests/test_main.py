@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import smtplib
 import socket
@@ -11,8 +12,9 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +118,18 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: typed-smtpd ")
-    for text in ["examples:", "--listen [HOST][:PORT]", "33,554,432", "--auth-file", "SIGTERM"]:
+    for text in [
+        "examples:",
+        "--listen [HOST][:PORT]",
+        "33,554,432",
+        "--auth-file",
+        "SIGTERM",
+        "--uvloop",
+        "pip install 'typed-smtpd[speed]'",
+        "--workers N",
+        "SO_REUSEPORT",
+        "If a worker dies",
+    ]:
         assert text in out
 
 
@@ -159,6 +172,10 @@ def assert_usage_error(capsys: pytest.CaptureFixture[str], args: list[str], frag
         (["-c", "no_such_module_here.Handler"], "cannot import"),
         (["-c", "typed_smtpd.handlers.NoSuchHandler"], "has no class"),
         (["--auth-file", "no/such/file"], "--auth-file no/such/file"),
+        (["--workers", "0"], ">= 1"),
+        (["--workers", "two"], "expected a whole number"),
+        (["--workers", "257"], "at most 256 workers"),
+        (["--workers", "2", "--unix-socket", "s"], "--workers needs a TCP address"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -310,14 +327,26 @@ def _pump(stream: Any, sink: list[str], lines: queue.Queue[str] | None) -> None:
     stream.close()
 
 
+def environment(pythonpath: Path | None) -> dict[str, str]:
+    """This process's environment, with ``pythonpath`` first on the module search path."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return env
+
+
 @contextmanager
-def typed_smtpd(*args: str) -> Iterator[Running]:
-    """Start ``python -m typed_smtpd ARGS`` and wait for its "listening on" line."""
+def typed_smtpd(*args: str, pythonpath: Path | None = None) -> Iterator[Running]:
+    """Start ``python -m typed_smtpd ARGS`` and wait for its "listening on" line.
+
+    ``pythonpath`` is a directory of extra modules, such as test handlers, for ``-c``.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "typed_smtpd", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=environment(pythonpath),
     )
     running = Running(process)
     err_lines: queue.Queue[str] = queue.Queue()
@@ -597,3 +626,365 @@ def test_implicit_tls_and_starttls_exclude_each_other(
         pair[1],
     ]
     assert_usage_error(capsys, args, "not both")
+
+
+# --- every remaining flag, end to end ------------------------------------------------------------
+
+#: A handler that says in its reply to DATA which process took the message, whether the content
+#: came as bytes or str, and the client address a PROXY header gave.
+PROBE_HANDLER = """\
+import os
+
+
+class Probe:
+    async def handle_DATA(self, server, session, envelope):
+        proxy = session.proxy_data.src_addr if session.proxy_data is not None else "none"
+        kind = type(envelope.content).__name__
+        return f"250 OK pid={os.getpid()} content={kind} proxy={proxy}"
+"""
+
+
+@pytest.fixture
+def probe_path(tmp_path: Path) -> Path:
+    """A directory holding the module ``probe``, whose handler is ``probe.Probe``."""
+    directory = tmp_path / "modules"
+    directory.mkdir()
+    (directory / "probe.py").write_text(PROBE_HANDLER, "utf-8")
+    return directory
+
+
+def probe_reply(client: smtplib.SMTP, content: bytes = MESSAGE) -> dict[str, str]:
+    """Send one message and return the fields of the Probe handler's reply to DATA."""
+    client.ehlo_or_helo_if_needed()
+    assert client.mail("anne@example.com")[0] == 250
+    assert client.rcpt("bart@example.com")[0] == 250
+    code, text = client.data(content)
+    assert code == 250, text
+    words = text.decode("ascii").split()
+    assert words[0] == "OK"
+    return dict(word.split("=", 1) for word in words[1:])
+
+
+def test_version_in_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "typed_smtpd", "-v"], capture_output=True, timeout=WAIT, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, f"typed-smtpd {__version__}\n".encode())
+
+
+def test_usage_error_in_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "typed_smtpd", "-l", "[::1"],
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.decode().splitlines() if "error" in line]
+    assert errors == ["typed-smtpd: error: argument -l/--listen: missing ']' in '[::1'"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("flag", "expected", "absent"),
+    [
+        ("-d", "INFO mail.log: shutting down", " DEBUG "),
+        ("-dd", "DEBUG mail.log: ", " is serving"),
+        ("-ddd", " is serving", None),  # asyncio's debug mode reports the server
+    ],
+)
+def test_debug_levels(flag: str, expected: str, absent: str | None) -> None:
+    with typed_smtpd("-n", "-l", "127.0.0.1:0", flag, "-c", "typed_smtpd.handlers.Sink") as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            assert client.noop()[0] == 250
+        assert server.stop() == 0
+    assert expected in server.err
+    if absent is not None:
+        assert absent not in server.err
+
+
+@pytest.mark.integration
+def test_without_debug_nothing_is_logged() -> None:
+    with typed_smtpd("-n", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Sink") as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            assert client.noop()[0] == 250
+        assert server.stop() == 0
+    assert server.err == server.banner
+
+
+@pytest.mark.integration
+def test_timeout_disconnects_a_silent_client() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--timeout", "0.5", "-c", "typed_smtpd.handlers.Sink"]
+    with (
+        typed_smtpd(*args) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as client,
+    ):
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        assert reader.readline() == b"421 Error: timeout exceeded\r\n"  # no EHLO: no enhanced code
+        assert reader.readline() == b""
+        reader.close()
+        assert server.stop() == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("flags", "kind"), [([], "bytes"), (["--decode-data"], "str")])
+def test_decode_data(probe_path: Path, flags: list[str], kind: str) -> None:
+    args = ["-n", "-l", "127.0.0.1:0", *flags, "-c", "probe.Probe"]
+    with typed_smtpd(*args, pythonpath=probe_path) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            assert probe_reply(client)["content"] == kind
+            client.rset()
+            # Not ASCII, and no SMTPUTF8 (-u): text cannot be made of it, bytes can.
+            client.mail("anne@example.com")
+            client.rcpt("bart@example.com")
+            code, _ = client.data(MESSAGE + "caf\u00e9\r\n".encode())
+            assert code == (500 if kind == "str" else 250)
+        assert server.stop() == 0
+
+
+@pytest.mark.integration
+def test_proxy_protocol(probe_path: Path) -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--proxy-protocol", "5", "-c", "probe.Probe"]
+    with typed_smtpd(*args, pythonpath=probe_path) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as raw:
+            raw.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.25 40000 25\r\n")
+            reader = raw.makefile("rb")
+            assert reader.readline().startswith(b"220 ")
+            raw.sendall(
+                b"HELO client.test\r\nMAIL FROM:<anne@example.com>\r\n"
+                b"RCPT TO:<bart@example.com>\r\nDATA\r\n" + MESSAGE + b".\r\nQUIT\r\n"
+            )
+            replies = [reader.readline() for _ in range(6)]
+            reader.close()
+        assert [reply[:4] for reply in replies] == [
+            b"250 ",
+            b"250 ",
+            b"250 ",
+            b"354 ",
+            b"250 ",
+            b"221 ",
+        ]
+        assert b" proxy=192.0.2.1\r\n" in replies[4]
+        # Without a PROXY header first, the client is never greeted.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as raw:
+            raw.sendall(b"EHLO client.test\r\n")
+            reader = raw.makefile("rb")
+            assert reader.readline() == b""
+            reader.close()
+        assert server.stop() == 0
+
+
+def ipv6_localhost() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not ipv6_localhost(), reason="no IPv6 on this machine")
+def test_listen_on_ipv6_in_brackets() -> None:
+    with typed_smtpd("-n", "-l", "[::1]:0", "-c", "typed_smtpd.handlers.Sink") as server:
+        assert " listening on [::1]:" in server.banner
+        with smtplib.SMTP("::1", server.port, timeout=WAIT) as client:
+            assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        assert server.stop() == 0
+
+
+@pytest.mark.integration
+def test_debugging_to_stderr() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Debugging", "stderr"]
+    with typed_smtpd(*args) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        assert server.stop() == 0
+    assert "Hello from the test." in server.err
+    assert server.out == ""
+
+
+@pytest.mark.integration
+def test_proxy_handler_relays_to_a_second_server() -> None:
+    with typed_smtpd("-n", "-l", "127.0.0.1:0") as relay:
+        args = ["-n", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Proxy"]
+        with typed_smtpd(*args, "127.0.0.1", str(relay.port)) as front:
+            with smtplib.SMTP("127.0.0.1", front.port, timeout=WAIT) as client:
+                assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+            assert front.stop() == 0
+        assert relay.stop() == 0
+    assert "RCPT TO: bart@example.com\n" in relay.out
+    assert "Hello from the test." in relay.out
+
+
+# --- --uvloop ------------------------------------------------------------------------------------
+
+
+def test_uvloop_missing_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # makes "import uvloop" fail
+    assert_usage_error(capsys, ["--uvloop"], "--uvloop needs uvloop, which is not installed")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_uvloop(workers: str) -> None:
+    pytest.importorskip("uvloop")
+    args = ["-n", "-l", "127.0.0.1:0", "--uvloop", "--workers", workers]
+    with typed_smtpd(*args, "-c", "typed_smtpd.handlers.Debugging") as server:
+        assert "uvloop, handler typed_smtpd.handlers.Debugging)" in server.banner
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+        assert server.stop() == 0
+    assert "Hello from the test." in server.out
+
+
+@pytest.mark.integration
+def test_asyncio_loop_by_default() -> None:
+    with typed_smtpd("-n", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Sink") as server:
+        assert "uvloop" not in server.banner
+        assert server.stop() == 0
+
+
+# --- --workers -----------------------------------------------------------------------------------
+
+needs_workers = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="--workers is Linux only"
+)
+
+
+def worker_pids(server: Running) -> list[int]:
+    """The worker process ids the banner names."""
+    match = re.search(r"\((\d+) workers, pids ([\d, ]+);", server.banner)
+    assert match, server.banner
+    pids = [int(pid) for pid in match.group(2).split(", ")]
+    assert len(pids) == int(match.group(1))
+    return pids
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (``"Z"`` for a zombie), or None if it is gone."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat_line.rpartition(")")[2].split()[0]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def wait_until_gone(pid: int) -> bool:
+    """Whether ``pid`` ends (or is left a zombie) within the bounded wait."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if process_state(pid) in (None, "Z"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.integration
+@needs_workers
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_workers_share_the_port_and_stop_together(probe_path: Path, signum: int) -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--workers", "2", "-c", "probe.Probe"]
+    with typed_smtpd(*args, pythonpath=probe_path) as server:
+        pids = worker_pids(server)
+        assert len(set(pids)) == 2
+        assert all(parent_of(pid) == server.process.pid for pid in pids)
+        served: dict[int, int] = {}
+        # The kernel picks a worker for each connection: keep connecting, a bounded number of
+        # times, until both have taken messages (each connection sends several).
+        for _ in range(200):
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+                for _ in range(3):
+                    pid = int(probe_reply(client)["pid"])
+                    served[pid] = served.get(pid, 0) + 1
+            if len(served) == 2:
+                break
+        assert set(served) == set(pids)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as idle:
+            assert idle.makefile("rb").readline().startswith(b"220 ")
+            assert server.stop(signum) == 0
+    assert all(process_state(pid) is None for pid in pids)
+    assert "error" not in server.err
+    assert connection_refused(server.port)
+
+
+@pytest.mark.integration
+@needs_workers
+def test_a_dead_worker_is_reported_and_stops_the_others() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--workers", "3", "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
+        first, *others = worker_pids(server)
+        os.kill(first, signal.SIGKILL)
+        assert server.process.wait(WAIT) == 1
+        server.stop()
+    assert f"typed-smtpd: error: worker 1 (pid {first}) was killed by SIGKILL\n" in server.err
+    assert "typed-smtpd: stopping the other workers\n" in server.err
+    assert all(process_state(pid) is None for pid in others)
+
+
+@pytest.mark.integration
+@needs_workers
+def test_workers_end_when_the_supervisor_is_killed() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--workers", "2", "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
+        pids = worker_pids(server)
+        server.process.kill()
+        server.process.wait(WAIT)
+        try:
+            assert all(wait_until_gone(pid) for pid in pids)
+        finally:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.integration
+@needs_workers
+def test_workers_handler_error_is_reported_once() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--workers", "4", "-c", "typed_smtpd.handlers.Mailbox"]
+    result = subprocess.run(
+        [sys.executable, "-m", "typed_smtpd", *args],
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.decode().splitlines() if "error" in line]
+    assert errors == [
+        "typed-smtpd: error: the Mailbox handler takes exactly one argument: the Maildir path"
+    ]
+
+
+@pytest.mark.integration
+@needs_workers
+def test_workers_port_in_use_exits_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "typed_smtpd",
+                "-n",
+                "-l",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+            ],
+            capture_output=True,
+            timeout=WAIT,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"typed-smtpd: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
