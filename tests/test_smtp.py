@@ -633,3 +633,20 @@ def test_logging_masks_auth(caplog: pytest.LogCaptureFixture) -> None:
         c.cmd("EHLO client.test")
         c.cmd("AUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==")
     assert "AHVzZXIAc2VjcmV0cGFzcw" not in caplog.text
+
+
+class Hanging:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(3600)
+        return "250 OK"  # pragma: no cover - never reached
+
+
+def test_a_hook_that_hangs_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
+    with running(Hanging(), timeout=0.5) as server, connected(server) as c:
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<a@b.test>")
+        c.cmd("RCPT TO:<c@d.test>")
+        c.cmd("DATA")
+        assert c.cmd(".") == (421, "4.4.2 Error: timeout exceeded")
+        assert c.is_closed()
+    assert "did not answer" in caplog.text

@@ -372,6 +372,7 @@ class SMTP(asyncio.Protocol):
         self._last_activity = 0.0
         self._deadline: float | None = None
         self._busy = False
+        self._busy_since = 0.0
 
     # --- configuration helpers ------------------------------------------------------------------
 
@@ -508,25 +509,35 @@ class SMTP(asyncio.Protocol):
 
     # --- timers ---------------------------------------------------------------------------------
 
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if busy:
+            self._busy_since = self.loop.time()
+
     def _on_timer(self) -> None:
+        """One timer per connection, re-armed lazily: the idle timeout counts from the client's
+        last byte, a hook gets as long to answer, and DATA/BDAT/PROXY have a hard deadline."""
         self._timer = None
         if self._closed:
             return
         now = self.loop.time()
-        due = (
-            self._last_activity + self.limits.timeout
-            if not self._busy
-            else now + self.limits.timeout
-        )
+        timeout = self.limits.timeout
+        due = (self._busy_since if self._busy else self._last_activity) + timeout
         if self._deadline is not None:
             due = min(due, self._deadline)
-        if now >= due:
-            peer = self.session.peer if self.session else None
-            log.info("%r timed out", peer)
-            self._reply(R.TIMEOUT)
-            self._close()
+        if now < due:
+            self._timer = self.loop.call_later(due - now, self._on_timer)
             return
-        self._timer = self.loop.call_later(due - now, self._on_timer)
+        peer = self.session.peer if self.session else None
+        if self._busy and (self._deadline is None or now < self._deadline):
+            log.error("%r a handler hook did not answer within %s s", peer, timeout)
+        else:
+            log.info("%r timed out", peer)
+        self._reply(R.TIMEOUT)
+        self._close()
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -570,8 +581,13 @@ class SMTP(asyncio.Protocol):
     async def _drain(self) -> None:
         self._flush()
         if self._write_paused and not self._closed:
+            # A client that does not read its replies is idle, not a slow hook.
+            self._set_busy(False)
             self._drain_waiter = self.loop.create_future()
-            await self._drain_waiter
+            try:
+                await self._drain_waiter
+            finally:
+                self._set_busy(True)
 
     def _close(self) -> None:
         self._flush()
@@ -613,18 +629,18 @@ class SMTP(asyncio.Protocol):
             if self._reading_paused and self.transport is not None:
                 self._reading_paused = False
                 self.transport.resume_reading()  # type: ignore[attr-defined]
-            self._busy = False
+            self._set_busy(False)
             self._last_activity = self.loop.time()
             waiter = self._waiter = self.loop.create_future()
             try:
                 await waiter
             finally:
-                self._busy = True
+                self._set_busy(True)
 
     # --- the connection task --------------------------------------------------------------------
 
     async def _handle_client(self) -> None:
-        self._busy = True
+        self._set_busy(True)
         try:
             if self._proxy_timeout is not None and not await self._read_proxy_header():
                 self._close()
@@ -1540,10 +1556,12 @@ class SMTP(asyncio.Protocol):
                     break
                 if self._closed or self._eof:
                     return False
-                self._busy = False
+                self._set_busy(False)
                 waiter = self._waiter = self.loop.create_future()
-                await waiter
-                self._busy = True
+                try:
+                    await waiter
+                finally:
+                    self._set_busy(True)
         finally:
             self._deadline = None
         if not result:
