@@ -388,6 +388,9 @@ class ScriptedRelay:
         while line := await reader.readline():
             verb, sep, rest = line.decode("utf-8").rstrip("\r\n").partition(" ")
             verb = verb.upper()  # smtplib sends its verbs in lower case
+            if verb in ("MAIL", "RCPT"):  # and, from Python 3.13 on, "from:" and "to:" too
+                keyword, colon, value = rest.partition(":")
+                rest = keyword.upper() + colon + value
             command = verb + sep + rest
             self.commands.append(command)
             if verb == "EHLO":
