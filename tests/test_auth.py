@@ -11,16 +11,18 @@ reaches a log or a repr.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -41,6 +43,8 @@ from typed_smtpd.smtp import (
     Session,
     auth_mechanism,
 )
+from typed_smtpd.testing.client import ClientReply
+from typed_smtpd.testing.fake import FakeClient, FakeSMTPServer
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.tls_fixtures"]
@@ -869,12 +873,13 @@ def test_reprs_hide_passwords() -> None:
         assert "0" * 32 not in shown
 
 
-# --- properties of the SASL exchanges -------------------------------------------------------------
+# --- properties of the SASL exchanges (in memory: the real engine, no socket) ---------------------
 
 
 @dataclass
 class Recording:
-    """An authenticator that refuses everything and records what it saw."""
+    """An authenticator that records what it saw; only CRAM-MD5 with :attr:`cram_password`
+    succeeds."""
 
     seen: list[tuple[str, Any]] = field(default_factory=list)
     cram_password: bytes = b""
@@ -888,13 +893,33 @@ class Recording:
         return AuthResult(success=False, handled=False)
 
 
-@pytest.fixture(scope="module")
-def sasl_server() -> Iterator[tuple[Controller, Recording]]:
-    recording = Recording()
-    with running(
-        Recorder(), authenticator=recording, auth_require_tls=False, max_auth_failures=1_000_000
-    ) as server:
-        yield server, recording
+T = TypeVar("T")
+
+
+def in_memory(
+    recording: Recording, dialog: Callable[[FakeClient], Awaitable[T]], **smtp_kwargs: Any
+) -> T:
+    """Run ``dialog`` on a client of :class:`FakeSMTPServer` greeted with EHLO."""
+
+    async def main() -> T:
+        async with FakeSMTPServer(
+            authenticator=recording,
+            auth_require_tls=False,
+            max_auth_failures=1_000,
+            hostname="test.local",
+            **smtp_kwargs,
+        ) as server:
+            client = await server.connect()
+            assert (await client.ehlo()).code == 250
+            return await dialog(client)
+
+    return asyncio.run(main())
+
+
+def answer(reply: ClientReply) -> tuple[int, str]:
+    """A fake client's reply in the shape :func:`wire` gives."""
+    text = reply.text if reply.enhanced is None else f"{reply.enhanced} {reply.text}"
+    return reply.code, text
 
 
 no_nul = st.binary(max_size=64).filter(lambda b: b"\x00" not in b)
@@ -902,56 +927,75 @@ no_nul = st.binary(max_size=64).filter(lambda b: b"\x00" not in b)
 
 @settings(deadline=None)
 @given(login=no_nul, password=no_nul, initial=st.booleans())
-def test_plain_round_trip(
-    sasl_server: tuple[Controller, Recording], login: bytes, password: bytes, initial: bool
-) -> None:
-    server, recording = sasl_server
-    recording.seen.clear()
+def test_plain_round_trip(login: bytes, password: bytes, initial: bool) -> None:
     blob = b64(b"\x00" + login + b"\x00" + password)
-    with connected(server) as c:
-        c.cmd("EHLO client.test")
+
+    async def dialog(client: FakeClient) -> tuple[int, str]:
         if initial:
-            reply = c.cmd(f"AUTH PLAIN {blob}")
-        else:
-            assert c.cmd("AUTH PLAIN") == (334, "")
-            reply = c.cmd(blob)
-        assert reply == wire(R.AUTH_FAILED)
+            return answer(await client.send(f"AUTH PLAIN {blob}"))
+        assert (await client.send("AUTH PLAIN")).code == 334
+        return answer(await client.send(blob))
+
+    recording = Recording()
+    assert in_memory(recording, dialog) == wire(R.AUTH_FAILED)
     assert recording.seen == [("PLAIN", LoginPassword(login, password))]
 
 
 @settings(deadline=None)
 @given(login=st.binary(max_size=64), password=st.binary(max_size=64), initial=st.booleans())
-def test_login_round_trip(
-    sasl_server: tuple[Controller, Recording], login: bytes, password: bytes, initial: bool
-) -> None:
-    server, recording = sasl_server
-    recording.seen.clear()
-    with connected(server) as c:
-        c.cmd("EHLO client.test")
+def test_login_round_trip(login: bytes, password: bytes, initial: bool) -> None:
+    async def dialog(client: FakeClient) -> tuple[int, str]:
         if initial:
             # An empty initial response is "=" (RFC 4954 section 4).
-            first = f"AUTH LOGIN {b64(login) or '='}"
-            assert challenge(c.cmd(first)) == b"Password\x00"
+            first = await client.send(f"AUTH LOGIN {b64(login) or '='}")
+            assert base64.b64decode(first.text) == b"Password\x00"
         else:
-            assert challenge(c.cmd("AUTH LOGIN")) == b"User Name\x00"
-            assert challenge(c.cmd(b64(login))) == b"Password\x00"
-        assert c.cmd(b64(password)) == wire(R.AUTH_FAILED)
+            first = await client.send("AUTH LOGIN")
+            assert base64.b64decode(first.text) == b"User Name\x00"
+            assert (await client.send(b64(login))).code == 334
+        return answer(await client.send(b64(password)))
+
+    recording = Recording()
+    assert in_memory(recording, dialog) == wire(R.AUTH_FAILED)
     assert recording.seen == [("LOGIN", LoginPassword(login, password))]
 
 
 @settings(deadline=None)
 @given(password=st.binary(max_size=64), wrong=st.booleans())
-def test_cram_md5_round_trip(
-    sasl_server: tuple[Controller, Recording], password: bytes, wrong: bool
-) -> None:
-    server, recording = sasl_server
-    recording.cram_password = password
-    with connected(server) as c:
-        c.cmd("EHLO client.test")
-        text = challenge(c.cmd("AUTH CRAM-MD5"))
-        answer = cram_response(text, LOGIN, password + b"x" if wrong else password)
-        expected = R.AUTH_FAILED if wrong else R.AUTH_SUCCESS
-        assert c.cmd(answer) == wire(expected)
+def test_cram_md5_round_trip(password: bytes, wrong: bool) -> None:
+    async def dialog(client: FakeClient) -> tuple[int, str]:
+        reply = await client.send("AUTH CRAM-MD5")
+        text = base64.b64decode(reply.text)
+        return answer(
+            await client.send(cram_response(text, LOGIN, password + b"x" if wrong else password))
+        )
+
+    recording = Recording(cram_password=password)
+    assert in_memory(recording, dialog) == wire(R.AUTH_FAILED if wrong else R.AUTH_SUCCESS)
+    ((mechanism, data),) = recording.seen
+    assert mechanism == "CRAM-MD5" and data.login == LOGIN
+
+
+@settings(deadline=None)
+@given(
+    login=no_nul,
+    password=no_nul,
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_exchange_split_anywhere(login: bytes, password: bytes, cuts: list[int]) -> None:
+    # The same bytes, however the network cuts them, give the same exchange.
+    wire_bytes = f"AUTH LOGIN\r\n{b64(login)}\r\n{b64(password)}\r\nNOOP\r\n".encode()
+    points = sorted({min(cut, len(wire_bytes)) for cut in cuts} | {0, len(wire_bytes)})
+
+    async def dialog(client: FakeClient) -> list[int]:
+        for start, end in itertools.pairwise(points):
+            client.send_bytes(wire_bytes[start:end])
+            await asyncio.sleep(0)
+        return [reply.code for reply in await client.read_replies(4)]
+
+    recording = Recording()
+    assert in_memory(recording, dialog) == [334, 334, 535, 250]
+    assert recording.seen == [("LOGIN", LoginPassword(login, password))]
 
 
 sasl_lines = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
@@ -962,18 +1006,16 @@ sasl_lines = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x
     mechanism=st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5"]),
     responses=st.lists(sasl_lines, min_size=1, max_size=3),
 )
-def test_arbitrary_responses_get_a_clean_reply(
-    sasl_server: tuple[Controller, Recording], mechanism: str, responses: list[str]
-) -> None:
-    server, _ = sasl_server
-    with connected(server) as c:
-        c.cmd("EHLO client.test")
-        reply = c.cmd(f"AUTH {mechanism}")
+def test_arbitrary_responses_get_a_clean_reply(mechanism: str, responses: list[str]) -> None:
+    async def dialog(client: FakeClient) -> None:
+        reply = await client.send(f"AUTH {mechanism}")
         for line in responses:
-            if reply[0] != 334:
+            if reply.code != 334:
                 break
-            reply = c.cmd(line)
-        assert reply[0] in (235, 334, 501, 535), reply
-        if reply[0] == 334:
-            assert c.cmd("*") == wire(R.AUTH_ABORTED)
-        assert c.cmd("NOOP") == wire(R.OK)
+            reply = await client.send(line)
+        assert reply.code in (334, 501, 535), reply
+        if reply.code == 334:
+            assert answer(await client.send("*")) == wire(R.AUTH_ABORTED)
+        assert answer(await client.send("NOOP")) == wire(R.OK)
+
+    in_memory(Recording(), dialog)

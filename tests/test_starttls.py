@@ -396,6 +396,20 @@ def test_handle_starttls_refusal_leaves_only_quit(
     assert handler.envelopes == []
 
 
+def test_refused_after_handle_starttls_a_bdat_chunk_is_only_data(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    handler = GatingHandler(allow=False)
+    with running(handler, tls_context=server_context) as server, connected(server) as c:
+        keywords(c)
+        assert c.cmd("STARTTLS") == wire(R.READY_FOR_TLS)
+        start_tls(c, client_context)
+        c.send("BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
+        assert c.reply() == wire(R.SECURITY_REFUSED, enhanced=False)
+        assert c.reply() == wire(R.SECURITY_REFUSED, enhanced=False)  # NOOP: still refused
+        assert c.cmd("QUIT")[0] == 221
+
+
 def test_handle_starttls_acceptance(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:

@@ -55,8 +55,7 @@ def start_tls(client: RawClient, context: ssl.SSLContext) -> ssl.SSLSocket:
     Whatever the server sent after its ``220`` would still sit in the client's buffer: the
     upgrade fails (``AssertionError``) if there is any, since those bytes came in the clear. After
     the handshake the server must stay silent until the client speaks: that is checked for
-    :data:`QUIET_PERIOD` seconds, which also lets the server settle into TLS before the first
-    command arrives.
+    :data:`QUIET_PERIOD` seconds.
     """
     assert client.buffer == b"", f"plaintext after the 220 to STARTTLS: {client.buffer!r}"
     wrapped = context.wrap_socket(client.sock, server_hostname=SERVER_NAME)
