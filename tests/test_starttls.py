@@ -565,3 +565,20 @@ def test_a_failed_handshake_closes_only_that_connection(
             start_tls(newcomer, client_context)
             deliver(newcomer)
     assert len(handler.envelopes) == 2
+
+
+def test_a_failed_implicit_tls_handshake_closes_only_that_connection(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    handler = TLSHandler()
+    with running(handler, ssl_context=server_context) as server:
+        bystander = TLSClient(server.hostname, server.port, client_context)
+        try:
+            keywords(bystander)
+            with socket.create_connection((server.hostname, server.port), timeout=10) as plain:
+                plain.sendall(b"EHLO plaintext.test\r\n")  # SMTP where a ClientHello belongs
+                assert closes(plain)
+            deliver(bystander, greet=None)
+        finally:
+            bystander.close()
+    assert len(handler.envelopes) == 1
