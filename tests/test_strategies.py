@@ -257,6 +257,23 @@ def test_reverse_paths_include_the_null_path() -> None:
     assert find(s.reverse_paths(), lambda path: path == "") == ""
 
 
+@pytest.mark.parametrize(
+    ("name", "strategy", "size", "limit"),
+    [
+        ("label", s.domains(), lambda d: max(len(label) for label in d.split(".")), 63),
+        ("domain", s.domains(), len, 255),
+        ("local part", s.local_parts(), len, 64),
+        ("UTF-8 local part", s.local_parts(utf8=True), octets, 64),
+        ("mailbox", s.mailboxes(), len, 254),
+        ("UTF-8 mailbox", s.mailboxes(utf8=True), octets, 254),
+    ],
+)
+def test_lengths_reach_their_limits(
+    name: str, strategy: st.SearchStrategy[str], size: Callable[[str], int], limit: int
+) -> None:
+    assert size(find(strategy, lambda value: size(value) == limit)) == limit, name
+
+
 # -- ESMTP parameters --------------------------------------------------------------------------
 
 
@@ -413,8 +430,8 @@ def test_message_bodies_exercise_transparency() -> None:
 
 
 def test_message_bodies_reach_the_line_limit() -> None:
-    body = find(s.message_bodies(), lambda body: any(len(x) > 900 for x in body.split(b"\r\n")))
-    assert max(len(line) for line in body.split(b"\r\n")) <= 998
+    body = find(s.message_bodies(), lambda body: any(len(x) == 998 for x in body.split(b"\r\n")))
+    assert max(len(line) for line in body.split(b"\r\n")) == 998
 
 
 @given(s.message_bodies(eight_bit=True))

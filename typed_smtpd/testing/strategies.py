@@ -244,6 +244,13 @@ def _ldh_label(draw: st.DrawFn, max_octets: int) -> str:
 
 @_cached
 @st.composite
+def _long_ldh_label(draw: st.DrawFn, octets: int) -> str:
+    unit = draw(st.text(_LET_DIG, min_size=1, max_size=4))
+    return (unit * octets)[:octets]
+
+
+@_cached
+@st.composite
 def _u_label(draw: st.DrawFn, max_octets: int) -> str:
     # The shortest U-label's A-label ("xn--" + a few characters) needs about 8 octets.
     if max_octets < 12:
@@ -274,14 +281,21 @@ def _domain(draw: st.DrawFn, utf8: bool, max_octets: int) -> str:
     labels: list[str] = []
     used = 0  # UTF-8 octets
     used_ascii = 0  # octets of the all-A-label form
+    # One domain in eight is filled with labels as long as the limits allow, so that the 63-,
+    # 255- and 254-octet boundaries are reached; small labels almost never add up to them.
+    fill = draw(st.integers(0, 7)) == 0
     for _ in range(draw(st.integers(1, 8))):
         separator = 1 if labels else 0
         room = min(max_octets - used, _MAX_DOMAIN_OCTETS - used_ascii) - separator
         room = min(room, _MAX_LABEL_OCTETS)
         if room < 1:
             break
-        label_kind = _u_label if utf8 and draw(st.booleans()) else _ldh_label
-        label = draw(label_kind(room))
+        if fill:
+            label = draw(_long_ldh_label(room))
+        elif utf8 and draw(st.booleans()):
+            label = draw(_u_label(room))
+        else:
+            label = draw(_ldh_label(room))
         labels.append(label)
         used += separator + _octets(label)
         used_ascii += separator + _a_label_octets(label)
@@ -490,13 +504,12 @@ def esmtp_params() -> st.SearchStrategy[list[str]]:
 
 
 def _join_params(head: str, params: Sequence[str]) -> str:
-    """``head`` plus as many of ``params`` as fit in a 512-octet command line."""
+    """``head`` plus those of ``params``, in order, that fit in a 512-octet command line."""
     line = head
     for param in params:
         candidate = f"{line} {param}"
-        if _octets(candidate) > _MAX_COMMAND_OCTETS:
-            break
-        line = candidate
+        if _octets(candidate) <= _MAX_COMMAND_OCTETS:
+            line = candidate
     return line
 
 
@@ -505,8 +518,10 @@ def _join_params(head: str, params: Sequence[str]) -> str:
 def _mail_command(draw: st.DrawFn, utf8: bool, params: st.SearchStrategy[list[str]] | None) -> str:
     path = draw(reverse_paths(utf8=utf8))
     chosen = list(draw(_param_lists(_known_mail_params()) if params is None else params))
-    if not path.isascii() and "SMTPUTF8" not in {_param_keyword(p) for p in chosen}:
-        chosen.insert(0, "SMTPUTF8")
+    if not path.isascii():
+        # First, so that it is never among the parameters left off for length.
+        given = [p for p in chosen if _param_keyword(p) == "SMTPUTF8"]
+        chosen = [*(given or ["SMTPUTF8"]), *(p for p in chosen if p not in given)]
     return _join_params(f"MAIL FROM:<{path}>", chosen)
 
 
