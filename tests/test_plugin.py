@@ -149,6 +149,20 @@ def test_environment_switches(smtpd):
 """
 
 
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample project runs as if started by hand, even when this suite runs under xdist."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("TLS", "AUTH", "AUTH_REQUIRED", "REQUIRE_STARTTLS", "HOST", "HOSTNAME", "LMTP"):
+        monkeypatch.delenv(f"TYPED_SMTPD_{name}", raising=False)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run the sample project's tests in a fresh interpreter (benchmarks off: they warn)."""
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", *args)
+
+
 @pytest.fixture
 def sample(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeini(INI)
@@ -157,12 +171,12 @@ def sample(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_every_fixture_works(sample: pytest.Pytester) -> None:
-    result = sample.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run(sample)
     result.assert_outcomes(passed=9)
 
 
 def test_fixtures_run_in_parallel_under_xdist(sample: pytest.Pytester) -> None:
-    result = sample.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", "-n", "3")
+    result = run(sample, "-n", "3")
     result.assert_outcomes(passed=9)
 
 
@@ -174,7 +188,7 @@ def test_environment_variables_configure_the_server(
     monkeypatch.setenv("TYPED_SMTPD_TLS", "starttls")
     monkeypatch.setenv("TYPED_SMTPD_AUTH", "user:secret")
     monkeypatch.setenv("TYPED_SMTPD_AUTH_REQUIRED", "1")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run(pytester)
     result.assert_outcomes(passed=1)
 
 
@@ -184,7 +198,7 @@ def test_a_bad_environment_value_is_a_usage_error(
     pytester.makeini(INI)
     pytester.makepyfile(test_env="def test_it(smtpd):\n    pass\n")
     monkeypatch.setenv("TYPED_SMTPD_TLS", "sometimes")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run(pytester)
     result.stdout.fnmatch_lines(["*TYPED_SMTPD_TLS: tls must be*"])
     result.assert_outcomes(errors=1)
 
@@ -192,7 +206,7 @@ def test_a_bad_environment_value_is_a_usage_error(
 def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(test_off="def test_it(smtpd):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:typed_smtpd")
+    result = run(pytester, "-p", "no:typed_smtpd")
     result.stdout.fnmatch_lines(["*fixture 'smtpd' not found*"])
 
 
