@@ -945,6 +945,47 @@ def test_workers_end_when_the_supervisor_is_killed() -> None:
                     os.kill(pid, signal.SIGKILL)
 
 
+def ids_of(pid: int) -> tuple[set[str], set[str], list[str]]:
+    """The real, effective, saved and file user ids, the same group ids, and the extra groups."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    uids = next(line for line in status if line.startswith("Uid:")).split()[1:]
+    gids = next(line for line in status if line.startswith("Gid:")).split()[1:]
+    groups = next(line for line in status if line.startswith("Groups:")).split()[1:]
+    return set(uids), set(gids), groups
+
+
+@pytest.mark.integration
+@needs_workers
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_root_workers_and_supervisor_switch_to_nobody() -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    expected: tuple[set[str], set[str], list[str]] = (
+        {str(nobody.pw_uid)},
+        {str(nobody.pw_gid)},
+        [],
+    )
+    with typed_smtpd(
+        "-l", "127.0.0.1:0", "--workers", "2", "-c", "typed_smtpd.handlers.Sink"
+    ) as server:
+        pids = worker_pids(server)
+        deadline = time.monotonic() + WAIT  # the supervisor switches right after the banner
+        while ids_of(server.process.pid) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ids_of(server.process.pid) == expected
+        assert all(ids_of(pid) == expected for pid in pids)
+        # A worker that gave up root still ends with its supervisor.
+        server.process.kill()
+        server.process.wait(WAIT)
+        try:
+            assert all(wait_until_gone(pid) for pid in pids)
+        finally:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.integration
 @needs_workers
 def test_workers_handler_error_is_reported_once() -> None:

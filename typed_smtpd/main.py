@@ -663,28 +663,33 @@ def _remove_socket_file(path: str | None, identity: tuple[int, int] | None) -> N
             os.unlink(path)
 
 
-#: Receives where the server listens and a description of it, once it is serving.
-_Announce = Callable[[str, str], None]
-
-
 def _print_banner(where: str, description: str) -> None:
     """Say on standard error that the server is listening (the line scripts wait for)."""
     print(f"{PROG} {__version__} listening on {where} ({description})", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _WorkerLink:
+    """What a worker process keeps of its supervisor: its process id and the ready pipe."""
+
+    supervisor: int
+    ready: int
+
+    def announce(self, where: str, description: str) -> None:
+        """Tell the supervisor that this worker listens (instead of printing the banner)."""
+        os.write(self.ready, f"{where}\t{description}\n".encode("utf-8", "replace"))
+        os.close(self.ready)
+
+
 async def _serve(
-    parser: argparse.ArgumentParser,
-    config: _Config,
-    *,
-    announce: _Announce = _print_banner,
-    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
-    reuse_port: bool = False,
+    parser: argparse.ArgumentParser, config: _Config, worker: _WorkerLink | None = None
 ) -> None:
     """Bind, drop privileges, build the handler, serve until a signal, then shut down.
 
-    ``announce`` is called once the server accepts connections; ``signals`` stop it (a second
-    one cuts the grace period short). A worker passes ``reuse_port`` to share its port; it starts
-    with ``signals`` blocked, and they are unblocked once their handlers are in place.
+    SIGINT and SIGTERM stop the server; a second one cuts the grace period short. A ``worker``
+    listens with SO_REUSEPORT, stops on SIGTERM alone (its supervisor turns SIGINT into SIGTERM),
+    starts with SIGTERM blocked until its handler is in place, and reports that it listens through
+    ``worker.announce``.
     """
     from typed_smtpd.smtp import SMTP, ConnectionTracker
 
@@ -707,7 +712,7 @@ async def _serve(
                 config.host,
                 config.port,
                 ssl=config.ssl_context,
-                reuse_port=reuse_port or None,
+                reuse_port=worker is not None or None,
                 start_serving=False,
             )
     except OSError as error:
@@ -719,16 +724,20 @@ async def _serve(
     def on_signal() -> None:
         (force if stop.is_set() else stop).set()
 
+    signals = (signal.SIGINT, signal.SIGTERM) if worker is None else (signal.SIGTERM,)
+    announce = _print_banner if worker is None else worker.announce
     try:
         if config.setuid and hasattr(os, "geteuid") and os.geteuid() == 0:
             _switch_to_nobody()
+            if worker is not None and not _die_with_supervisor(worker.supervisor):
+                return  # Linux forgets the request when credentials change: it is made again
         factory.handler = _build_handler(
             parser, config.handler_factory, config.handler_path, config.handler_args
         )
         for signum in signals:
             with suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt
                 loop.add_signal_handler(signum, on_signal)
-        if reuse_port:
+        if worker is not None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         await server.start_serving()
         where = _where(config)
@@ -830,12 +839,12 @@ def _exit_description(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _die_with_parent(parent: int) -> bool:
+def _die_with_supervisor(supervisor: int) -> bool:
     """Ask Linux to send SIGTERM to this worker when the supervisor dies; False if it has."""
     with suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    return os.getppid() == parent
+    return os.getppid() == supervisor
 
 
 class _Supervisor:
@@ -876,6 +885,7 @@ class _Supervisor:
                 where, description = ready
                 pids = ", ".join(str(pid) for pid in self.workers)
                 _print_banner(where, f"{len(self.workers)} workers, pids {pids}; {description}")
+                self._drop_privileges()
             self._wait()
         finally:
             for signum, handler in previous.items():
@@ -883,6 +893,17 @@ class _Supervisor:
             for sock in self.reserved:
                 sock.close()
         return self.status
+
+    def _drop_privileges(self) -> None:
+        """Once every worker listens, the supervisor has no more use for root either."""
+        if not (self.config.setuid and hasattr(os, "geteuid") and os.geteuid() == 0):
+            return
+        try:
+            _switch_to_nobody()
+        except _StartError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+            self.status = 1
+            self._stop_all()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -945,22 +966,9 @@ class _Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             for sock in self.reserved:
                 sock.close()
-            parent = os.getppid()
-            if not _die_with_parent(parent):
-                os._exit(0)
-
-            def announce(where: str, description: str) -> None:
-                os.write(ready, f"{where}\t{description}\n".encode("utf-8", "replace"))
-                os.close(ready)
-
-            main = _serve(
-                self.parser,
-                self.config,
-                announce=announce,
-                signals=(signal.SIGTERM,),
-                reuse_port=True,
-            )
-            _run(main, self.config)
+            link = _WorkerLink(supervisor=os.getppid(), ready=ready)
+            if _die_with_supervisor(link.supervisor):
+                _run(_serve(self.parser, self.config, link), self.config)
             code = 0
         except _StartError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
