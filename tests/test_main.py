@@ -128,7 +128,8 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
         "pip install 'typed-smtpd[speed]'",
         "--workers N",
         "SO_REUSEPORT",
-        "If a worker dies",
+        "uvloop and worker processes:",
+        "if a worker dies, it stops the others and exits with status 1",
     ]:
         assert text in out
 

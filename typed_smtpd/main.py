@@ -116,16 +116,16 @@ examples:
   {PROG} -l 0.0.0.0:25 --workers 4 --uvloop -c typed_smtpd.handlers.Mailbox /srv/mail
       four processes sharing port 25, each on uvloop's event loop
 
-speed:
+uvloop and worker processes:
   --uvloop runs the server on uvloop's event loop instead of asyncio's own. uvloop is optional:
   pip install 'typed-smtpd[speed]'. Without it, --uvloop is an error.
 
-  --workers N starts N worker processes that listen on the same address and port through
-  SO_REUSEPORT, so the kernel spreads connections among them (Linux only; TCP only, not with
-  --unix-socket). Each worker has its own event loop and its own handler; handlers that keep
-  state in memory keep it per worker. SIGINT or SIGTERM to the first process stops every worker
-  as above. If a worker dies, the others are stopped and the command exits with status 1, so that
-  a service manager can restart the whole server.
+  --workers N starts N worker processes that each listen on the same address and port with
+  SO_REUSEPORT, so that the kernel spreads connections among them (Linux only, TCP only). Each
+  worker runs its own event loop and builds its own handler: a handler's in-memory state is per
+  worker. The process started supervises them: SIGINT or SIGTERM to it stops every worker as
+  above; if a worker dies, it stops the others and exits with status 1, so that a service
+  manager can restart the whole server.
 """
 
 
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--uvloop",
         action="store_true",
-        help="run on uvloop's event loop (pip install 'typed-smtpd[speed]')",
+        help="run on uvloop's event loop (an optional dependency: the speed extra)",
     )
     speed.add_argument(
         "--workers",
