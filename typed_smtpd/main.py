@@ -972,8 +972,8 @@ class _Supervisor:
             code = 0
         except _StartError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
-        except SystemExit as exit_:  # parser.error from a handler's from_cli
-            code = exit_.code if isinstance(exit_.code, int) else 1
+        except SystemExit as exit_:  # parser.error from a handler's from_cli, say
+            code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
         except BaseException:
             traceback.print_exc()
         finally:
