@@ -144,6 +144,7 @@ class Observer(Recorder):
 def plain_server(handler: object | None = None, **kwargs: Any) -> Iterator[Controller]:
     """A server offering AUTH on a plain connection (``auth_require_tls=False``)."""
     kwargs.setdefault("authenticator", Credentials())
+    kwargs.setdefault("enable_CRAM_MD5", True)  # opt-in; most tests exercise all three
     with running(
         handler if handler is not None else Observer(), auth_require_tls=False, **kwargs
     ) as server:
@@ -163,6 +164,7 @@ def smtps_client(
     handler: object, server_context: ssl.SSLContext, client_context: ssl.SSLContext, **kwargs: Any
 ) -> Iterator[RawClient]:
     """A client over implicit TLS, greeted with EHLO."""
+    kwargs.setdefault("enable_CRAM_MD5", True)
     with running(handler, ssl_context=server_context, **kwargs) as server:
         c = TLSClient(server.hostname, server.port, client_context)
         try:
@@ -367,11 +369,6 @@ def test_auth_callback() -> None:
     assert handler.states[-1][0] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_authenticate stores auth_data=login (bytes) for auth_callback, so _settle_auth "
-    "finds no .login and session.login_data stays None",
-)
 def test_auth_callback_sets_login_data() -> None:
     handler, callback = Observer(), PasswordCallback()
     with callback_client(handler, callback) as c:
@@ -672,7 +669,7 @@ def test_auth_required_without_tls_warns() -> None:
 
 def test_auth_without_tls_is_538() -> None:
     credentials = Credentials()
-    with running(authenticator=credentials) as server, connected(server) as c:
+    with running(authenticator=credentials, enable_CRAM_MD5=True) as server, connected(server) as c:
         assert ehlo_auth(c) is None
         assert c.cmd(f"AUTH PLAIN {PLAIN_OK}") == wire(R.AUTH_ENCRYPTION_REQUIRED)
         assert c.cmd("AUTH LOGIN") == wire(R.AUTH_ENCRYPTION_REQUIRED)
@@ -684,7 +681,9 @@ def test_auth_under_implicit_tls(
 ) -> None:
     # aiosmtpd never advertised nor accepted AUTH under SMTPS unless auth_require_tls=False.
     handler = Observer()
-    with running(handler, ssl_context=server_context, authenticator=Credentials()) as server:
+    with running(
+        handler, ssl_context=server_context, authenticator=Credentials(), enable_CRAM_MD5=True
+    ) as server:
         c = TLSClient(server.hostname, server.port, client_context)
         try:
             assert ehlo_auth(c) == "CRAM-MD5 LOGIN PLAIN"
@@ -907,6 +906,7 @@ def in_memory(
             auth_require_tls=False,
             max_auth_failures=1_000,
             hostname="test.local",
+            enable_CRAM_MD5=True,
             **smtp_kwargs,
         ) as server:
             client = await server.connect()

@@ -117,6 +117,7 @@ def tls_server(
 ) -> Iterator[Controller]:
     """A server with STARTTLS (or SMTPS when ``implicit``) and the test authenticator."""
     kwargs.setdefault("authenticator", Authenticator())
+    kwargs.setdefault("enable_CRAM_MD5", True)
     kwargs["ssl_context" if implicit else "tls_context"] = server_context
     with running(handler, **kwargs) as server:
         yield server

@@ -274,11 +274,6 @@ def test_eof_inside_the_header() -> None:
         assert sock.recv(100) == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_read_proxy_header sets _deadline but does not re-arm the timer, which first fires "
-    "after the idle timeout: the PROXY timeout is not enforced",
-)
 @pytest.mark.parametrize(
     "partial",
     [b"", b"PROXY TCP4 ", b"\r\n\r\n\x00\r\nQUIT\n\x21"],

@@ -276,6 +276,7 @@ class SMTP(asyncio.Protocol):
         max_auth_failures: int = MAX_AUTH_FAILURES,
         proxy_trusted_networks: Iterable[str] | None = None,
         enhanced_status_codes: bool = True,
+        enable_CRAM_MD5: bool = False,
         connection_tracker: ConnectionTracker | None = None,
     ) -> None:
         self.event_handler: object = handler
@@ -325,6 +326,7 @@ class SMTP(asyncio.Protocol):
             )
         self._auth_callback = auth_callback
         self._authenticator = authenticator
+        self._cram_md5 = enable_CRAM_MD5
         self._call_limits = self._parse_call_limit(command_call_limit)
         if proxy_protocol_timeout is not None:
             if proxy_protocol_timeout <= 0:
@@ -365,6 +367,7 @@ class SMTP(asyncio.Protocol):
         self._tls_refused = False
         self._bogus = 0
         self._auth_failures = 0
+        self._final_replies = 0
         self._call_counts: collections.Counter[str] = collections.Counter()
         self._bdat_chunks: list[bytes] | None = None
         self._bdat_size = 0
@@ -412,8 +415,10 @@ class SMTP(asyncio.Protocol):
     def _collect_mechanisms(self) -> dict[str, AuthHook]:
         found: dict[str, AuthHook] = {}
         for mechanism, attribute in type(self)._server_mechanisms.items():
-            if mechanism == "CRAM-MD5" and self._authenticator is None:
-                continue  # a password callback cannot check a CRAM-MD5 digest
+            if mechanism == "CRAM-MD5" and not (self._cram_md5 and self._authenticator):
+                # Opt-in: an authenticator written for PLAIN/LOGIN reads auth_data.password,
+                # which a CRAM-MD5 exchange cannot give it.
+                continue
             found[mechanism] = getattr(self, attribute).__func__
         found.update(self._hooks.auth_mechanisms)
         return {m: f for m, f in found.items() if m not in self._auth_exclude}
@@ -514,6 +519,17 @@ class SMTP(asyncio.Protocol):
         if busy:
             self._busy_since = self.loop.time()
 
+    def _set_deadline(self, seconds: float | None) -> None:
+        """Start (or, with ``None``, end) a hard deadline; the timer fires at the earlier of it
+        and the idle timeout."""
+        self._deadline = None if seconds is None else self.loop.time() + seconds
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._closed:
+            delay = self.limits.timeout if seconds is None else min(seconds, self.limits.timeout)
+            self._timer = self.loop.call_later(delay, self._on_timer)
+
     def _on_timer(self) -> None:
         """One timer per connection, re-armed lazily: the idle timeout counts from the client's
         last byte, a hook gets as long to answer, and DATA/BDAT/PROXY have a hard deadline."""
@@ -549,6 +565,12 @@ class SMTP(asyncio.Protocol):
         self._queue(_render(reply, self._use_enhanced))
 
     def _queue(self, data: bytes) -> None:
+        # Count final replies (not "334" challenges, not "250-" continuation lines), so a
+        # command can tell whether anything answered it.
+        end_of_previous = data.rfind(b"\r\n", 0, len(data) - 2)
+        start = end_of_previous + 2 if end_of_previous >= 0 else 0
+        if data[start + 3 : start + 4] != b"-" and data[start : start + 1] != b"3":
+            self._final_replies += 1
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size > _OUT_FLUSH:
@@ -1154,11 +1176,11 @@ class SMTP(asyncio.Protocol):
             return
         self._reply(R.ENTER_DATA)
         self._receiver.start_data(self.limits.max_data_size)
-        self._deadline = self.loop.time() + self.limits.data_timeout
+        self._set_deadline(self.limits.data_timeout)
         try:
             event = await self._next_event()
         finally:
-            self._deadline = None
+            self._set_deadline(None)
         if not isinstance(event, DataDone):
             return  # the client went away mid-message: nothing was accepted
         if event.raw is None:
@@ -1243,11 +1265,11 @@ class SMTP(asyncio.Protocol):
                 refusal = R.DATA_TOO_LARGE
         # The chunk is read in full even when it is refused (RFC 3030 section 2).
         self._receiver.start_bdat(size, discard=refusal is not None)
-        self._deadline = self.loop.time() + self.limits.data_timeout
+        self._set_deadline(self.limits.data_timeout)
         try:
             event = await self._next_event()
         finally:
-            self._deadline = None
+            self._set_deadline(None)
         if not isinstance(event, ChunkDone):
             return
         if refusal is not None or event.data is None:
@@ -1359,7 +1381,7 @@ class SMTP(asyncio.Protocol):
         session = self.session
         assert session is not None
         if not session.host_name:
-            self._reply(Reply(503, "Error: send EHLO first", "5.5.1"))
+            self._reply(R.EHLO_FIRST)
             return
         if not session.extended_smtp:
             self._reply(R.unrecognized("AUTH"))
@@ -1392,10 +1414,11 @@ class SMTP(asyncio.Protocol):
             self._reply(R.AUTH_NO_MECHANISM)
             return
         args[0] = mechanism
+        answered = self._final_replies
         outcome = await method(self, args)
-        self._settle_auth(outcome)
+        self._settle_auth(outcome, answered_before=answered)
 
-    def _settle_auth(self, outcome: object) -> None:
+    def _settle_auth(self, outcome: object, *, answered_before: int) -> None:
         session = self.session
         assert session is not None
         if isinstance(outcome, AuthResult):
@@ -1419,7 +1442,10 @@ class SMTP(asyncio.Protocol):
                 self._reply(R.AUTH_SUCCESS)
             return
         session.authenticated = False
-        if not result.handled:
+        if result.handled and self._final_replies == answered_before:
+            # "Handled" but nothing answered the client: never leave it waiting.
+            log.warning("%r AUTH failure marked handled, but no reply was sent", session.peer)
+        if not result.handled or self._final_replies == answered_before:
             if result.message is not None:
                 self._queue_status(result.message, "authenticator")
             else:
@@ -1488,7 +1514,7 @@ class SMTP(asyncio.Protocol):
             return result
         if self._auth_callback is not None and isinstance(auth_data, LoginPassword):
             ok = self._auth_callback(mechanism, auth_data.login, auth_data.password)
-            return AuthResult(success=bool(ok), handled=False, auth_data=auth_data.login)
+            return AuthResult(success=bool(ok), handled=False, auth_data=auth_data)
         return AuthResult(success=False, handled=False)
 
     async def auth_PLAIN(self, args: list[str]) -> AuthResult:
@@ -1548,7 +1574,7 @@ class SMTP(asyncio.Protocol):
             if host is None or not is_trusted_peer(host, self._proxy_trusted_networks()):
                 log.warning("%r PROXY header refused: peer is not a trusted proxy", peer)
                 return False
-        self._deadline = self.loop.time() + self._proxy_timeout
+        self._set_deadline(self._proxy_timeout)
         try:
             while True:
                 result = parse_proxy_header(self._receiver.peek())
@@ -1563,7 +1589,7 @@ class SMTP(asyncio.Protocol):
                 finally:
                     self._set_busy(True)
         finally:
-            self._deadline = None
+            self._set_deadline(None)
         if not result:
             log.warning("%r invalid PROXY header: %s", peer, result.error)
             return False

@@ -40,6 +40,7 @@ __all__ = [
     "DATA_TOO_LARGE",
     "DECODE_ERROR",
     "DUPLICATE_HELO",
+    "EHLO_FIRST",
     "ENTER_DATA",
     "EXPN_NOT_IMPLEMENTED",
     "HELLO_FIRST",
@@ -199,6 +200,7 @@ SECURITY_REFUSED: Final = Reply(554, "Command refused due to lack of security", 
 
 # --- AUTH (RFC 4954) ----------------------------------------------------------------------------
 
+EHLO_FIRST: Final = Reply(503, "Error: send EHLO first", "5.5.1")
 AUTH_SUCCESS: Final = Reply(235, "Authentication successful", "2.7.0")
 AUTH_REQUIRED: Final = Reply(530, "Authentication required", "5.7.0")
 AUTH_ALREADY: Final = Reply(503, "Already authenticated", "5.5.1")
