@@ -11,6 +11,7 @@ served by every one of those servers. Then each attack must have been cut off by
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -164,10 +165,6 @@ NOT_CUT_OFF = {
         "no deadline for a SASL response line: the idle timeout is re-armed by every byte, so "
         "an AUTH LOGIN answer dribbled one byte per 0.1 s with timeout=1.0 is never cut off"
     ),
-    "TLS handshake": (
-        "the STARTTLS handshake deadline is a fixed 30 s (ssl_handshake_timeout), independent "
-        "of timeout=1.0; a ClientHello dribbled one byte per 0.1 s holds the connection 30 s"
-    ),
 }
 
 
@@ -189,7 +186,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Resu
     with ExitStack() as stack:
         servers: dict[str, Controller] = {}
         for name, attack in ATTACKS.items():
-            kwargs: dict[str, Any] = {"timeout": IDLE, "data_timeout": DEADLINE, **attack.server}
+            kwargs: dict[str, Any] = {
+                "timeout": IDLE,
+                "data_timeout": DEADLINE,
+                "grace_period": 0.2,
+                **attack.server,
+            }
             if name == "TLS handshake":
                 kwargs["tls_context"] = context
             handler = attack.handler() if attack.handler is not None else None
@@ -264,3 +266,27 @@ def test_the_attack_is_cut_off_by_its_deadline(name: str, results: dict[str, Res
         f"still connected after {BUDGET} s and {outcome.sent} bytes"
     )
     assert outcome.last_reply == ATTACKS[name].cut_off_reply
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a client that sends nothing after the 220 to STARTTLS is cut off by the idle timer "
+        "while the handshake is awaited, which logs it at ERROR as 'a handler hook did not "
+        "answer within 1.0 s': any client can write ERROR lines; expected an INFO timeout"
+    ),
+)
+def test_a_stalled_handshake_is_logged_as_a_timeout_not_an_error(
+    tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*_server_certificate(tmp_path_factory))
+    with running(tls_context=context, timeout=IDLE, grace_period=0.2) as server:
+        sock = in_tls_handshake(server.port)
+        try:
+            sock.settimeout(IDLE + TIMEOUT)
+            assert sock.recv(4096).startswith(b"421")
+        finally:
+            sock.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
