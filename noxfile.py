@@ -68,7 +68,13 @@ _expose_pyenv_pythons()
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 PYRIGHT = "pyright[nodejs]==1.1.414"
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-xdist", "hypothesis>=6.100"]
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "pytest-xdist",
+    "hypothesis>=6.100",
+    "uvloop; sys_platform != 'win32'",
+]
 INTEROP_DEPS = ["aiosmtplib", "trustme"]
 DOCS_DEPS = ["sphinx>=7.2", "furo"]
 LINT_TARGETS = ["typed_smtpd", "tests", "bench", "noxfile.py", "docs/conf.py"]
