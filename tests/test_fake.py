@@ -7,6 +7,7 @@ import inspect
 import smtplib
 import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -298,6 +299,19 @@ async def test_transcript_shows_the_dialog() -> None:
         assert "S: 250-fake-smtpd.test" in text
         assert "C: NOOP\\n" in text  # a bare LF is visible
         assert client.transcript == server.transcript
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are new in 3.11")
+async def test_failed_assertions_get_the_transcript_as_a_note() -> None:
+    async def failing_test() -> None:
+        async with FakeSMTPServer() as server:
+            reply = await server.client().helo("c.test")
+            assert reply.code == 999
+
+    with pytest.raises(AssertionError) as failed:
+        await failing_test()
+    assert "C: HELO c.test" in "\n".join(failed.value.__notes__)
 
 
 @pytest.mark.asyncio

@@ -368,7 +368,13 @@ class FakeSMTPServer:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Close every client and wait (bounded) for the server side to finish."""
+        """Close every client and wait (bounded) for the server side to finish.
+
+        A failed ``assert`` inside the block gets the dialog's transcript as a note (shown by
+        pytest under the assertion, on Python 3.11 and later).
+        """
+        if isinstance(exc, AssertionError) and hasattr(exc, "add_note") and self.transcript:
+            exc.add_note(f"--- SMTP transcript ---\n{self.transcript_text()}")
         await self.aclose()
 
     async def aclose(self) -> None:
