@@ -607,3 +607,49 @@ async def test_command_sent_with_the_tls_finished_is_answered(
             assert b"250-" in answer
         finally:
             client.close()
+
+
+# --- engine defects found with the fake (strict xfails: they flip when fixed) -------------------
+
+
+class PushThenClose:
+    """What aiosmtpd handlers do to refuse and hang up: push a reply, close the transport."""
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        await server.push("421 4.3.0 Going away")
+        assert server.transport is not None
+        server.transport.close()
+        return "421 4.3.0 Going away"
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    reason="engine: SMTP.push() only queues the reply (it is written when the server next waits "
+    "for input), so a hook that pushes and then closes the transport loses the reply",
+    strict=True,
+)
+async def test_a_pushed_reply_reaches_the_client_before_close() -> None:
+    async with FakeSMTPServer(PushThenClose()) as server:
+        client = server.client()
+        await client.ehlo()
+        client.send_bytes(b"MAIL FROM:<a@c.test>\r\n")
+        assert await client.read_until_closed() == b"421 4.3.0 Going away\r\n"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("command", ["VRFY a@c.test", "HELP"])
+@pytest.mark.xfail(
+    reason="engine: smtp_VRFY and smtp_HELP never consult the state table, which does not allow "
+    "them between BDAT chunks (State.IN_BDAT), so they are answered there",
+    strict=True,
+)
+async def test_commands_the_table_refuses_between_bdat_chunks(command: str) -> None:
+    async with FakeSMTPServer() as server:
+        client = server.client()
+        await client.ehlo()
+        await client.mail("a@c.test")
+        await client.rcpt("b@c.test")
+        assert (await client.bdat(b"chunk")).code == 250
+        assert (await client.send(command)).code == 503
