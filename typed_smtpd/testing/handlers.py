@@ -783,7 +783,20 @@ class FaultInjector:
     def from_cli(cls, parser: argparse.ArgumentParser, *args: str) -> FaultInjector:
         """Build an injector from command-line arguments: rules, and ``seed=N``.
 
-        Every message that gets through is accepted and dropped, as a sink does.
+        ``typed-smtpd -c typed_smtpd.testing.FaultInjector RULE... [seed=N]``, where a rule is
+        ``STAGE[~PATTERN][/WHEN]=ACTION`` (see :func:`parse_rule`):
+
+        * STAGE: ``connect``, ``greeting``, ``ehlo`` (or ``helo``, ``lhlo``), ``starttls``,
+          ``auth``, ``mail``, ``rcpt``, ``data``, ``eod`` (end of data), ``bdat``, ``rset``,
+          ``quit``;
+        * PATTERN: a shell glob on the address, for ``mail`` and ``rcpt``: ``rcpt~*@gone.test``;
+        * WHEN: ``N`` (the N-th time only), ``P%`` or ``0.P`` (a probability), ``always``;
+        * ACTION: ``CODE [TEXT]`` (a reply; 421 also closes), ``disconnect[:TEXT]``, ``drop``,
+          ``delay:SECONDS``, ``throttle:BYTES_PER_SECOND``, ``accept-drop``, ``greylist[:N]``.
+
+        Every message that gets through is accepted and dropped, as a sink does. The command
+        line serves plain SMTP, so rules for the connect, greeting, starttls, auth, data and
+        bdat stages are logged as not applied there.
         """
         rules: list[Rule] = []
         seed = 0
