@@ -9,7 +9,9 @@ What lives here (re-exported from the submodules):
 * :class:`RecordingHandler` and :class:`ReceivedMessage`: what a server accepted;
 * :class:`FaultInjector` with :class:`Rule`, :class:`Stage`, the actions and selectors:
   deterministic fault injection, also from the command line;
-* :func:`check_server`: one conformance suite for the fake and for real servers.
+* :func:`check_server`: one conformance suite for the fake and for real servers;
+* :class:`LocalSMTPServer` and :class:`ServerOptions`: a real server on a free local port with
+  STARTTLS, implicit TLS and AUTH switches (what the pytest fixtures use).
 
 :mod:`typed_smtpd.testing.strategies` (hypothesis strategies) and
 :mod:`typed_smtpd.testing.plugin` (the pytest plugin) are imported on their own, so that this
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from typed_smtpd.testing.handlers import Stage as Stage
     from typed_smtpd.testing.handlers import Throttle as Throttle
     from typed_smtpd.testing.handlers import parse_rule as parse_rule
+    from typed_smtpd.testing.server import LocalSMTPServer as LocalSMTPServer
+    from typed_smtpd.testing.server import ServerOptions as ServerOptions
 
 __all__ = [
     "CHECKS",
@@ -71,6 +75,7 @@ __all__ = [
     "FaultEvent",
     "FaultInjector",
     "Greylist",
+    "LocalSMTPServer",
     "MemoryTransport",
     "Nth",
     "Probability",
@@ -81,6 +86,7 @@ __all__ = [
     "Rule",
     "SMTPTestClient",
     "ServerDisconnected",
+    "ServerOptions",
     "SocketClient",
     "SocketpairSMTPServer",
     "Stage",
@@ -106,6 +112,7 @@ _LAZY: Final[dict[str, str]] = {
     "FaultEvent": "typed_smtpd.testing.handlers",
     "FaultInjector": "typed_smtpd.testing.handlers",
     "Greylist": "typed_smtpd.testing.handlers",
+    "LocalSMTPServer": "typed_smtpd.testing.server",
     "MemoryTransport": "typed_smtpd.testing.fake",
     "Nth": "typed_smtpd.testing.handlers",
     "Probability": "typed_smtpd.testing.handlers",
@@ -116,6 +123,7 @@ _LAZY: Final[dict[str, str]] = {
     "Rule": "typed_smtpd.testing.handlers",
     "SMTPTestClient": "typed_smtpd.testing.client",
     "ServerDisconnected": "typed_smtpd.testing.client",
+    "ServerOptions": "typed_smtpd.testing.server",
     "SocketClient": "typed_smtpd.testing.client",
     "SocketpairSMTPServer": "typed_smtpd.testing.fake",
     "Stage": "typed_smtpd.testing.handlers",
