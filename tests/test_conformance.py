@@ -140,3 +140,16 @@ async def test_missing_extensions_and_vrfy_are_reported() -> None:
 async def test_check_server_needs_a_target() -> None:
     with pytest.raises(ValueError, match="host and port"):
         await check_server()
+
+
+@pytest.mark.asyncio
+async def test_a_real_implicit_tls_server_with_auth_conforms() -> None:
+    with LocalSMTPServer(ServerOptions(tls="implicit", auth=("user", "pw"))) as local:
+        client = await local.connect()
+        try:
+            assert client.tls
+            await client.ehlo()
+            assert (await client.auth("PLAIN", "user", "pw")).code == 235
+        finally:
+            client.close()
+        assert await check_server(local.connect, messages=lambda: local.messages) == ALL
