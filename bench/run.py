@@ -40,8 +40,7 @@ sys.path.insert(0, str(HERE))
 
 import client  # noqa: E402
 
-PYTHON_SERVERS = ("typed", "aiosmtpd", "ceiling")
-ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "smtp-sink")
+ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")
 ALL_CLIENTS = ("smtp-source", "asyncio")
 READY_TIMEOUT = 30.0  # seconds for a server to start listening
 STOP_TIMEOUT = 15.0  # seconds for a server to exit after SIGTERM (a profiler writes its file)
@@ -498,9 +497,9 @@ def summarise(
                 entry["probe_ok"] = bool(ok) and all(r.probe_ok for r in ok)
             per_server[server] = entry
         ratios: dict[str, float | None] = {}
-        for other in ("aiosmtpd", "ceiling", "smtp-sink"):
+        for other in ("aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink"):
             ratios[f"typed/{other}"] = round_ratio(group, "typed", other)
-        for other in ("aiosmtpd", "ceiling"):
+        for other in ("aiosmtpd", "ceiling", "ceiling-buffered"):
             ratios[f"cpu typed/{other}"] = round_ratio(group, "typed", other, "cpu_seconds")
         if work.kind == "idle":
             ratios["rss_per_connection typed/aiosmtpd"] = rss_ratio(group)
@@ -547,13 +546,13 @@ def print_report(
         print(f"\n{work.name}  {work.title}  [now: {scale}; client: {block['client']}]", file=out)
         if work.kind == "idle":
             print(
-                f"  {'server':<10}{'held':>7}{'open s':>9}{'conn/s':>9}{'KiB/conn':>10}"
+                f"  {'server':<17}{'held':>7}{'open s':>9}{'conn/s':>9}{'KiB/conn':>10}"
                 f"{'probe':>7}{'cpu s':>8}{'peak MiB':>10}",
                 file=out,
             )
         else:
             print(
-                f"  {'server':<10}{'median s':>9}{'msg/s':>10}{'MB/s':>9}{'cpu s':>8}"
+                f"  {'server':<17}{'median s':>9}{'msg/s':>10}{'MB/s':>9}{'cpu s':>8}"
                 f"{'peak MiB':>10}{'growth MiB':>11}",
                 file=out,
             )
@@ -561,7 +560,7 @@ def print_report(
             label = server + (f" ({e['failed']} failed)" if e["failed"] else "")
             if work.kind == "idle":
                 print(
-                    f"  {label:<10}{fmt(e.get('held'), '.0f'):>7}{fmt(e['seconds'], '.2f'):>9}"
+                    f"  {label:<17}{fmt(e.get('held'), '.0f'):>7}{fmt(e['seconds'], '.2f'):>9}"
                     f"{fmt(e.get('connections_per_s'), '.0f'):>9}"
                     f"{fmt(e.get('rss_per_connection_kib'), '.1f'):>10}"
                     f"{'ok' if e.get('probe_ok') else 'FAIL':>7}"
@@ -570,7 +569,7 @@ def print_report(
                 )
             else:
                 print(
-                    f"  {label:<10}{fmt(e['seconds'], '.3f'):>9}"
+                    f"  {label:<17}{fmt(e['seconds'], '.3f'):>9}"
                     f"{fmt(e.get('messages_per_s'), '.0f'):>10}"
                     f"{fmt(e.get('mb_per_s'), '.1f'):>9}{fmt(e['cpu_seconds'], '.2f'):>8}"
                     f"{fmt(e['peak_rss_mib'], '.1f'):>10}{fmt(e['rss_growth_mib'], '.1f'):>11}",

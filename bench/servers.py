@@ -1,6 +1,6 @@
-"""Start one benchmark server in this process: typed_smtpd, aiosmtpd or the bare ceiling sink.
+"""Start one benchmark server in this process: typed_smtpd, aiosmtpd or a bare ceiling sink.
 
-Usage: ``python bench/servers.py typed|aiosmtpd|ceiling PORT [--max-connections N]
+Usage: ``python bench/servers.py typed|aiosmtpd|ceiling|ceiling-buffered PORT [--max-connections N]
 [--timeout SECONDS] [--uvloop]``.
 
 Every server is started the same way, with ``loop.create_server`` on 127.0.0.1 and the same
@@ -79,10 +79,22 @@ def ceiling_factory(max_connections: int, timeout: float) -> Callable[[], asynci
     return CeilingSink
 
 
-FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.Protocol]]] = {
+def ceiling_buffered_factory(
+    max_connections: int, timeout: float
+) -> Callable[[], asyncio.BaseProtocol]:
+    """Build the ceiling sink's BufferedProtocol variant."""
+    del max_connections, timeout
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ceiling import BufferedCeilingSink
+
+    return BufferedCeilingSink
+
+
+FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.BaseProtocol]]] = {
     "typed": typed_factory,
     "aiosmtpd": aiosmtpd_factory,
     "ceiling": ceiling_factory,
+    "ceiling-buffered": ceiling_buffered_factory,
 }
 
 
