@@ -244,11 +244,10 @@ def server_process(
         cmd += ["-h", "bench", "-m", "20000", "-t", "3600", f"inet:127.0.0.1:{port}", "4096"]
     else:
         port = 0
-        cmd = [sys.executable]
-        if profile is not None:
-            cmd += ["-m", "cProfile", "-o", str(profile)]
-        cmd += [str(HERE / "servers.py"), kind, "0", "--max-connections", "20000"]
+        cmd = [sys.executable, str(HERE / "servers.py"), kind, "0", "--max-connections", "20000"]
         cmd += ["--timeout", "3600"]
+        if profile is not None:
+            cmd += ["--profile", str(profile)]
         if opts.uvloop:
             cmd.append("--uvloop")
     proc = subprocess.Popen(

@@ -1,14 +1,15 @@
 """Start one benchmark server in this process: typed_smtpd, aiosmtpd or a bare ceiling sink.
 
 Usage: ``python bench/servers.py typed|aiosmtpd|ceiling|ceiling-buffered PORT [--max-connections N]
-[--timeout SECONDS] [--uvloop]``.
+[--timeout SECONDS] [--uvloop] [--profile FILE]``.
 
 Every server is started the same way, with ``loop.create_server`` on 127.0.0.1 and the same
 hook-less ``Sink`` handler, so the comparison measures the protocol implementations and nothing
 else. PORT 0 picks a free port. Once listening, the process prints ``READY <port>`` on stdout; it
-exits cleanly on SIGTERM or SIGINT, so a profiler wrapping it (``python -m cProfile -o``) gets to
-write its output. Nothing here measures anything: the harness reads CPU time and memory from
-/proc.
+exits cleanly on SIGTERM or SIGINT, so a profiler gets to write its output: ``--profile FILE``
+runs cProfile from READY to the stop (start-up and imports left out), and a profiler wrapping the
+whole process (``python -m cProfile -o``) works too. Nothing here measures anything: the harness
+reads CPU time and memory from /proc.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import resource
 import signal
 import sys
@@ -98,8 +100,10 @@ FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.BaseProtocol]]]
 }
 
 
-async def serve(kind: str, port: int, max_connections: int, timeout: float) -> None:
-    """Listen until SIGTERM or SIGINT."""
+async def serve(
+    kind: str, port: int, max_connections: int, timeout: float, profile: Path | None = None
+) -> None:
+    """Listen until SIGTERM or SIGINT; with ``profile``, cProfile everything after start-up."""
     loop = asyncio.get_running_loop()
     factory = FACTORIES[kind](max_connections, timeout)
     server = await loop.create_server(factory, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
@@ -107,8 +111,14 @@ async def serve(kind: str, port: int, max_connections: int, timeout: float) -> N
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bound = server.sockets[0].getsockname()[1]
+    profiler = cProfile.Profile() if profile is not None else None
+    if profiler is not None:
+        profiler.enable()
     print(f"READY {bound}", flush=True)
     await stop.wait()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
     server.close()
 
 
@@ -120,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-connections", type=int, default=20_000)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the serving here")
     args = parser.parse_args(argv)
     raise_nofile()
-    coro = serve(args.kind, args.port, args.max_connections, args.timeout)
+    coro = serve(args.kind, args.port, args.max_connections, args.timeout, args.profile)
     if args.uvloop:
         import uvloop
 
