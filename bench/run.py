@@ -782,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # the same way out as Ctrl-C: stop children, report what ran
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    machine = {
+    load_start = os.getloadavg()[0]
+    machine: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -793,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         "loop": "uvloop" if args.uvloop else "asyncio",
         "smtp_source": smtp_source,
         "smtp_sink": smtp_sink,
-        "load_average_start": os.getloadavg()[0],
+        "load_average_start": load_start,
     }
     print(
         f"servers: {', '.join(servers)}; clients: {', '.join(clients)}; "
@@ -802,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {machine['load_average_start']:.2f}",
         file=sys.stderr,
     )
-    if machine["load_average_start"] > 0.5:
+    if load_start > 0.5:
         print("warning: the machine is busy; absolute figures will be low", file=sys.stderr)
     runs: list[Run] = []
     profiles: list[str] = []
