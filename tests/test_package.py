@@ -21,6 +21,7 @@ import pkgutil
 import re
 import sys
 import textwrap
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -327,6 +328,10 @@ def _undocumented(module: ModuleType) -> list[str]:
         obj = getattr(module, name)
         if inspect.ismodule(obj):
             documented = bool(obj.__doc__ and obj.__doc__.strip())
+        elif typing.get_origin(obj) is not None:
+            # A type alias such as Callable[[str], bool]: documented where it is assigned
+            # (Python 3.10's inspect.isclass() says True for some of them).
+            documented = _data_is_documented(module.__name__, name)
         elif inspect.isclass(obj) or inspect.isroutine(obj):
             documented = bool(_class_or_function_docstring(obj))
         elif type(obj).__module__.startswith(f"{PACKAGE}."):
@@ -367,10 +372,18 @@ def test_docstring_check_rejects_what_is_undocumented(
         textwrap.dedent(
             """
             \"""A module to test the docstring check on.\"""
+            from collections.abc import Callable
             from dataclasses import dataclass
             from typing import Final
 
-            __all__ = ["DOCUMENTED", "TRAILING", "UNDOCUMENTED", "Bare", "Good", "bare", "good"]
+            __all__ = [
+                "DOCUMENTED", "TRAILING", "UNDOCUMENTED",
+                "Alias", "Bare", "BareAlias", "Good", "bare", "good",
+            ]
+
+            #: A documented alias.
+            Alias = Callable[[int], int]
+            BareAlias = Callable[[int], int]
 
             #: A constant with a doc comment.
             DOCUMENTED: Final = 1
@@ -398,7 +411,7 @@ def test_docstring_check_rejects_what_is_undocumented(
     monkeypatch.delitem(sys.modules, "docprobe", raising=False)
     module = importlib.import_module("docprobe")
     try:
-        assert _undocumented(module) == ["UNDOCUMENTED", "Bare", "bare"]
+        assert _undocumented(module) == ["UNDOCUMENTED", "Bare", "BareAlias", "bare"]
     finally:
         sys.modules.pop("docprobe", None)
 
