@@ -609,7 +609,7 @@ async def test_command_sent_with_the_tls_finished_is_answered(
             client.close()
 
 
-# --- engine defects found with the fake (strict xfails: they flip when fixed) -------------------
+# --- regressions: engine defects the fake found ---------------------------------------------------
 
 
 class PushThenClose:
@@ -625,11 +625,6 @@ class PushThenClose:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    reason="engine: SMTP.push() only queues the reply (it is written when the server next waits "
-    "for input), so a hook that pushes and then closes the transport loses the reply",
-    strict=True,
-)
 async def test_a_pushed_reply_reaches_the_client_before_close() -> None:
     async with FakeSMTPServer(PushThenClose()) as server:
         client = server.client()
@@ -640,11 +635,6 @@ async def test_a_pushed_reply_reaches_the_client_before_close() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("command", ["VRFY a@c.test", "HELP"])
-@pytest.mark.xfail(
-    reason="engine: smtp_VRFY and smtp_HELP never consult the state table, which does not allow "
-    "them between BDAT chunks (State.IN_BDAT), so they are answered there",
-    strict=True,
-)
 async def test_commands_the_table_refuses_between_bdat_chunks(command: str) -> None:
     async with FakeSMTPServer() as server:
         client = server.client()

@@ -1030,3 +1030,24 @@ def test_workers_port_in_use_exits_1() -> None:
     assert result.stderr.decode() == (
         f"typed-smtpd: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     )
+
+
+def test_fault_injector_from_the_command_line() -> None:
+    """Server-class stages (greeting, connect ...) apply under the CLI too."""
+    args = [
+        "-n",
+        "-l",
+        "127.0.0.1:0",
+        "-c",
+        "typed_smtpd.testing.FaultInjector",
+        "greeting/1=554 5.3.2 Not now",
+        "rcpt~*@blocked.test=550 5.1.1 No such user",
+    ]
+    with typed_smtpd(*args) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as first:
+            assert first.makefile("rb").readline() == b"554 5.3.2 Not now\r\n"
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                client.sendmail("a@example.test", ["x@blocked.test"], b"x\r\n")
+            assert refused.value.recipients == {"x@blocked.test": (550, b"5.1.1 No such user")}
+        assert server.stop() == 0

@@ -734,6 +734,11 @@ async def _serve(
         factory.handler = _build_handler(
             parser, config.handler_factory, config.handler_path, config.handler_args
         )
+        # A handler may need its own protocol class (the fault injector's connect, greeting,
+        # STARTTLS and AUTH stages live there): it says so with server_class_for().
+        provider = getattr(factory.handler, "server_class_for", None)
+        if callable(provider):
+            factory.server_class = provider(factory.server_class)
         for signum in signals:
             with suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt
                 loop.add_signal_handler(signum, on_signal)

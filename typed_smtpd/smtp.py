@@ -54,7 +54,14 @@ from typed_smtpd.proto.limits import (
 )
 from typed_smtpd.proto.params import MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.replies import Reply
-from typed_smtpd.proto.state import State, Verb, allowed, sequence_error, state_of
+from typed_smtpd.proto.state import (
+    State,
+    Verb,
+    allowed,
+    allowed_verbs,
+    sequence_error,
+    state_of,
+)
 from typed_smtpd.session import (
     MISSING,
     AuthResult,
@@ -105,6 +112,9 @@ _HIGH_WATER: Final = 1 << 20
 _OUT_FLUSH: Final = 1 << 16
 _TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 _REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
+_ALLOWED_IN_BDAT: Final = frozenset(
+    verb.value for verb in allowed_verbs(State.IN_BDAT) if verb is not Verb.BDAT_LAST
+) | {"BDAT"}
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
 
 #: The deprecated ``auth_callback(mechanism, login, password) -> bool``.
@@ -597,6 +607,8 @@ class SMTP(asyncio.Protocol):
         if b"\r" in status or b"\n" in status:
             raise ValueError("a reply line must not contain CR or LF")
         self._queue(status + b"\r\n")
+        # Written now, not batched: hooks written for aiosmtpd may close the transport next.
+        self._flush()
         if self._write_paused:
             await self._drain()
 
@@ -724,6 +736,14 @@ class SMTP(asyncio.Protocol):
                 self._reply(R.call_limit_exceeded(verb))
                 self._close()
                 return
+        if self._bdat_chunks is not None and verb not in _ALLOWED_IN_BDAT:
+            # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
+            if verb == "DATA":
+                self._reply(R.BDAT_AFTER_DATA)
+            else:
+                verb_enum = Verb.MAIL if verb == "MAIL" else Verb.HELP
+                self._reply(sequence_error(State.IN_BDAT, verb_enum))
+            return
         method = self._commands.get(verb)
         if method is None:
             self._reply(R.unrecognized(verb))

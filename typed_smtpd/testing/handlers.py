@@ -811,13 +811,6 @@ class FaultInjector:
                 rules.append(parse_rule(arg))
             except ValueError as error:
                 parser.error(f"FaultInjector: {error}\n{_RULE_SYNTAX}")
-        needing_class = sorted({r.stage.value for r in rules if r.stage not in HOOK_STAGES})
-        if needing_class:
-            log.warning(
-                "FaultInjector: rules for %s need the server class of "
-                "FaultInjector.server_class_for(); a plain SMTP server does not apply them",
-                ", ".join(needing_class),
-            )
         return cls(rules, seed=seed)
 
     # --- deciding -------------------------------------------------------------------------------
