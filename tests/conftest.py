@@ -13,13 +13,16 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("dev", max_examples=100)
+# No deadlines: the suite runs in parallel on small machines, where one slow example is noise.
+settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
     "ci",
     max_examples=50,
     deadline=None,
-    derandomize=False,
-    suppress_health_check=[HealthCheck.too_slow],
+    # CI must not fail on an example nobody saw before: the same examples every run; the
+    # long random search is what the fuzz profile is for.
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
 settings.register_profile(
