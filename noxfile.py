@@ -28,7 +28,7 @@ if os.environ.get("CI"):
 
 ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-TYPECHECK_PYTHON = "3.11"
+PRIMARY_PYTHON = "3.11"  # the version CI runs everything on, including the slow tests
 
 
 def _expose_pyenv_pythons() -> None:
@@ -87,16 +87,20 @@ def _hypothesis_env(default_profile: str) -> dict[str, str]:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Run the test suite on one Python version, in parallel (pytest-xdist)."""
+    """Run the test suite on one Python version, in parallel (pytest-xdist).
+
+    Tests marked ``slow`` run on the primary version (3.11) only, to keep the whole matrix fast.
+    """
     session.install("-e", ".")
     session.install(*TEST_DEPS, *INTEROP_DEPS)
-    session.run("pytest", "-n", "auto", *session.posargs, env=_hypothesis_env("ci"))
+    markers = [] if session.python == PRIMARY_PYTHON else ["-m", "not slow"]
+    session.run("pytest", "-n", "auto", *markers, *session.posargs, env=_hypothesis_env("ci"))
     if not session.posargs:
         # The examples in the docstrings, each in its own module's namespace.
         session.run("pytest", "--doctest-modules", "typed_smtpd", env=_hypothesis_env("ci"))
 
 
-@nox.session(python=TYPECHECK_PYTHON)
+@nox.session(python=PRIMARY_PYTHON)
 def typecheck(session: nox.Session) -> None:
     """Run mypy --strict and require a 100% pyright type-completeness score for the public API."""
     session.install("-e", ".")
@@ -153,7 +157,7 @@ def _check_type_completeness(session: nox.Session, output: str) -> None:
     session.log("type completeness: 100%")
 
 
-@nox.session(python=TYPECHECK_PYTHON)
+@nox.session(python=PRIMARY_PYTHON)
 def lint(session: nox.Session) -> None:
     """Check the code with ruff, both the linter and the formatter."""
     session.install(RUFF)
@@ -162,7 +166,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", *targets)
 
 
-@nox.session(python=TYPECHECK_PYTHON)
+@nox.session(python=PRIMARY_PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs with warnings as errors, run their doctests, check internal links."""
     session.install("-e", ".")
@@ -176,7 +180,7 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "-b", "linkcheck", "docs", str(build / "linkcheck"), "-q")
 
 
-@nox.session(python=TYPECHECK_PYTHON)
+@nox.session(python=PRIMARY_PYTHON)
 def fuzz(session: nox.Session) -> None:
     """Run the property tests with many more examples (the 'fuzz' Hypothesis profile)."""
     session.install("-e", ".")
@@ -186,7 +190,7 @@ def fuzz(session: nox.Session) -> None:
     session.run("pytest", *args, env=_hypothesis_env("fuzz"))
 
 
-@nox.session(python=TYPECHECK_PYTHON)
+@nox.session(python=PRIMARY_PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks against aiosmtpd (see bench/run.py for its options)."""
     session.install(".", "aiosmtpd", "aiosmtplib")

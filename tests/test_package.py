@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.resources
 import importlib.util
@@ -234,11 +235,14 @@ def _all_of(module: ModuleType) -> list[str]:
     return list(names)
 
 
-def _module_source_tree(module_name: str) -> ast.Module | None:
+@functools.cache
+def _module_source(module_name: str) -> tuple[ast.Module, list[str]] | None:
+    """The parsed source of a module and its lines; ``None`` when it is not Python source."""
     spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         return None
-    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    text = Path(spec.origin).read_text(encoding="utf-8")
+    return ast.parse(text), text.splitlines()
 
 
 def _module_level_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, list[ast.stmt]]]:
@@ -278,13 +282,12 @@ def _data_is_documented(module_name: str, name: str, seen: frozenset[str] = froz
     """Whether ``name``, bound in ``module_name`` by assignment or import, is documented there."""
     if module_name in seen:
         return False
-    tree = _module_source_tree(module_name)
-    if tree is None:
+    parsed = _module_source(module_name)
+    if parsed is None:
         return True  # not Python source we can read (an extension module): nothing to check
+    tree, lines = parsed
     spec = importlib.util.find_spec(module_name)
     assert spec is not None
-    assert spec.origin is not None
-    lines = Path(spec.origin).read_text(encoding="utf-8").splitlines()
     package = module_name if spec.submodule_search_locations else module_name.rpartition(".")[0]
     for statement, block in _module_level_statements(tree.body):
         if name in _assigned_names(statement):
