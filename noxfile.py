@@ -186,7 +186,7 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".")
     session.install(*TEST_DEPS, *INTEROP_DEPS)
     target = "tests/fuzz" if (ROOT / "tests" / "fuzz").is_dir() else "tests"
-    args = session.posargs or [target, "-m", "not integration", "-n", "auto"]
+    args = [target, "-m", "not integration", "-n", "auto", *session.posargs]
     session.run("pytest", *args, env=_hypothesis_env("fuzz"))
 
 
