@@ -193,5 +193,5 @@ def fuzz(session: nox.Session) -> None:
 @nox.session(python=PRIMARY_PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks against aiosmtpd (see bench/run.py for its options)."""
-    session.install(".", "aiosmtpd", "aiosmtplib")
+    session.install(".[speed]", "aiosmtpd", "aiosmtplib")  # uvloop too, for --uvloop
     session.run("python", "bench/run.py", *session.posargs)
