@@ -386,6 +386,7 @@ class SMTP(asyncio.Protocol):
         self._deadline: float | None = None
         self._busy = False
         self._busy_since = 0.0
+        self._partial_since: float | None = None
 
     # --- configuration helpers ------------------------------------------------------------------
 
@@ -549,6 +550,8 @@ class SMTP(asyncio.Protocol):
         now = self.loop.time()
         timeout = self.limits.timeout
         due = (self._busy_since if self._busy else self._last_activity) + timeout
+        if self._partial_since is not None and not self._busy:
+            due = min(due, self._partial_since + timeout)
         if self._deadline is not None:
             due = min(due, self._deadline)
         if now < due:
@@ -653,6 +656,7 @@ class SMTP(asyncio.Protocol):
         while True:
             event = receiver.next_event()
             if event is not NEED_DATA:
+                self._partial_since = None
                 return event
             if self._closed or self._eof:
                 return None
@@ -664,7 +668,10 @@ class SMTP(asyncio.Protocol):
                 self._reading_paused = False
                 self.transport.resume_reading()  # type: ignore[attr-defined]
             self._set_busy(False)
-            self._last_activity = self.loop.time()
+            now = self._last_activity = self.loop.time()
+            if self._partial_since is None and receiver.partial:
+                # A line has begun: it must end within the timeout, however it trickles in.
+                self._partial_since = now
             waiter = self._waiter = self.loop.create_future()
             try:
                 await waiter
@@ -798,14 +805,24 @@ class SMTP(asyncio.Protocol):
     def _check_status(status: object, hook: str) -> str:
         if isinstance(status, str):
             lines = status.removesuffix("\r\n").split("\r\n")
-            if all(_REPLY_LINE.fullmatch(line) for line in lines) and all(
-                line[3:4] == "-" for line in lines[:-1]
+            if (
+                all(_REPLY_LINE.fullmatch(line) for line in lines)
+                and all(line[3:4] == "-" for line in lines[:-1])
+                and lines[-1][3:4] != "-"
+                and all(line[:3] == lines[-1][:3] for line in lines)
             ):
                 return status.removesuffix("\r\n")
         shown = repr(status)
         raise _InvalidHookReply(
             f"{hook} returned {shown[:80]}, which is not a reply line such as '250 OK'"
         )
+
+    @staticmethod
+    def _check_line(line: object, hook: str) -> str:
+        """One line of a multi-line reply (its separator is set by the caller)."""
+        if isinstance(line, str) and _REPLY_LINE.fullmatch(line.removesuffix("\r\n")):
+            return line.removesuffix("\r\n")
+        raise _InvalidHookReply(f"{hook} returned {repr(line)[:80]}, which is not a reply line")
 
     def _queue_status(self, status: object, hook: str) -> str:
         text = self._check_status(status, hook)
@@ -917,11 +934,16 @@ class SMTP(asyncio.Protocol):
                 raise _InvalidHookReply(
                     f"handle_EHLO returned {type(result).__name__}, not a list of reply lines"
                 )
-            for index, line in enumerate(result):
-                text = self._check_status(line, "handle_EHLO")
-                if index < len(result) - 1 and text[3:4] == " ":
-                    text = f"{text[:3]}-{text[4:]}"
-                self._queue(text.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
+            # Every line is checked before any is sent: half a reply would desynchronise.
+            texts = [self._check_line(line, "handle_EHLO") for line in result]
+            last = len(texts) - 1
+            encoding = "utf-8" if self.enable_SMTPUTF8 else "ascii"
+            wire = b"".join(
+                f"{text[:3]}{'-' if index < last else ' '}{text[4:]}".encode(encoding, "replace")
+                + b"\r\n"
+                for index, text in enumerate(texts)
+            )
+            self._queue(wire)
             positive = str(result[-1]).startswith("2")
         elif hooks.ehlo_legacy is not None:
             await self.push(responses[0])
@@ -971,6 +993,10 @@ class SMTP(asyncio.Protocol):
             else:
                 assert self.session is not None
                 await self._run_hook(hook(self, self.session, self._envelope), "handle_QUIT")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._handle_error(error)  # answered before the close, never silently
         finally:
             self._close()
 
@@ -1345,21 +1371,35 @@ class SMTP(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        # The handshake goes at the client's pace: the idle timeout governs it, not the
+        # deadline for slow hooks.
+        self._set_busy(False)
+        self._last_activity = self.loop.time()
         try:
             new_transport = await self.loop.start_tls(
                 transport,
                 self,
                 self.tls_context,
                 server_side=True,
-                ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=min(_TLS_HANDSHAKE_TIMEOUT, self.limits.timeout),
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as error:
-            log.info(
-                "%r TLS handshake failed: %s", self.session.peer if self.session else None, error
-            )
+        except BaseException as error:  # CancelledError too: the timer may cut the handshake
+            if not isinstance(error, asyncio.CancelledError):
+                log.info(
+                    "%r TLS handshake failed: %s",
+                    self.session.peer if self.session else None,
+                    error,
+                )
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
+            # asyncio does not report connection_lost for a handshake that never completed:
+            # release the connection slot and the timer here.
+            self.connection_lost(None)
+            if isinstance(error, asyncio.CancelledError):
+                raise
             return
+        finally:
+            self._set_busy(True)
         if new_transport is None:
             self._close()
             return

@@ -328,24 +328,11 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-#: The one way of vanishing that leaves something behind.
-SLOT_LEAK = (
-    "a client that resets the connection (RST) during the STARTTLS handshake keeps its "
-    "max_connections slot forever: start_tls() fails with ConnectionResetError and "
-    "SMTP.connection_lost is never called (with a FIN it is), so ConnectionTracker never "
-    "unregisters the connection and enough such clients lock everyone out with 421"
-)
-
-
 def _vanish_params() -> list[Any]:
     params: list[Any] = []
     for name in VANISHES:
         for how in ("close", "reset"):
-            if (name, how) == ("mid starttls handshake", "reset"):
-                marks = pytest.mark.xfail(strict=True, reason=SLOT_LEAK)
-                params.append(pytest.param(name, how, marks=marks, id=f"{name}-{how}"))
-            else:
-                params.append(pytest.param(name, how, id=f"{name}-{how}"))
+            params.append(pytest.param(name, how, id=f"{name}-{how}"))
     return params
 
 
@@ -381,15 +368,13 @@ def test_hundreds_of_vanishing_clients_leave_nothing_behind(
     names = list(VANISHES)
     for _ in range(150):
         name = chooser.choice(names)
-        # Not the combination that leaks a slot (see SLOT_LEAK): it has its own tests.
-        how = "close" if name == "mid starttls handshake" else chooser.choice(["close", "reset"])
+        how = chooser.choice(["close", "reset"])
         vanish(VANISHES[name](servers), how)
     assert settled(servers, before) == before
     assert errors(caplog) == []
     assert honest_delivery(servers.main.port) == 250
 
 
-@pytest.mark.xfail(strict=True, reason=SLOT_LEAK)
 def test_handshakes_reset_by_their_clients_do_not_use_up_the_connection_cap(pki: Pki) -> None:
     with serving(pki, max_connections=3) as servers:
         for _ in range(3):
@@ -401,15 +386,6 @@ def test_handshakes_reset_by_their_clients_do_not_use_up_the_connection_cap(pki:
         assert served_within(servers.main.port, budget=1.0) >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a client that sends nothing after the 220 to STARTTLS is cut off by the idle timer, "
-        "but the connection keeps its max_connections slot forever (SMTP.connection_lost is "
-        "never called after the timer closes a connection in mid-handshake): waiting out the "
-        "timeout max_connections times locks everyone out with 421"
-    ),
-)
 def test_handshakes_cut_off_by_the_timeout_do_not_use_up_the_connection_cap(pki: Pki) -> None:
     with serving(pki, max_connections=2, timeout=0.3) as servers:
         clients = [greeted(servers) for _ in range(2)]

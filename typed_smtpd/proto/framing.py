@@ -163,6 +163,11 @@ class Receiver:
         return len(self._buf)
 
     @property
+    def partial(self) -> bool:
+        """True while a command or SASL line has begun but not ended (or is being discarded)."""
+        return self._mode in (Mode.COMMAND, Mode.SASL) and (bool(self._buf) or self._discarding)
+
+    @property
     def mode(self) -> Mode:
         """What is being read now."""
         return self._mode
