@@ -44,9 +44,11 @@ from typed_smtpd.proto.commands import (
 from typed_smtpd.proto.data import dot_unstuff, has_long_line, process_content
 from typed_smtpd.proto.framing import NEED_DATA, BadLine, ChunkDone, DataDone, Line, Mode, Receiver
 from typed_smtpd.proto.limits import BARE_NEWLINE_POLICIES, BareNewlinePolicy
+from typed_smtpd.proto.params import MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.proxy import parse_proxy_header
 from typed_smtpd.proto.replies import DATA_BAD_LINE_ENDING as R_BAD_ENDING
 from typed_smtpd.proto.replies import DATA_LINE_TOO_LONG as R_LINE_TOO_LONG
+from typed_smtpd.proto.replies import Reply
 
 __all__ = [
     "KNOWN_OVERSIZE_SPLIT_BUG",
@@ -55,6 +57,7 @@ __all__ = [
     "OracleError",
     "check_command_parsing",
     "check_content",
+    "check_params",
     "check_proxy",
     "drive_receiver",
     "has_bare_newline_or_nul_reference",
@@ -310,6 +313,32 @@ def check_command_parsing(text: str) -> None:
             except ParamError:
                 continue
             check(not _CONTROL & set(decoded), f"xtext {value!r} decodes to a line break")
+        check_params(parsed)
+
+
+_POLICIES: Final = (
+    MailPolicy(),
+    MailPolicy(size_limit=1000, smtputf8=True, binarymime=False, tls_active=True),
+)
+
+
+def check_params(params: list[str]) -> None:
+    """MAIL and RCPT parameter semantics: a typed value or a 5xx reply, never an exception, and
+    no decoded value carrying a line break or over the size cap."""
+    for policy in _POLICIES:
+        mail = mail_params(params, policy)
+        if isinstance(mail, Reply):
+            check(500 <= mail.code < 600, f"MAIL parameters refused with {mail!r}")
+        else:
+            for text in (mail.dsn_envid, mail.auth):
+                check(text is None or not _CONTROL & set(text), f"decoded {text!r}")
+            size, cap = mail.size, policy.size_limit
+            check(size is None or cap is None or size <= cap, f"SIZE={size} over {cap}")
+    rcpt = rcpt_params(params)
+    if isinstance(rcpt, Reply):
+        check(500 <= rcpt.code < 600, f"RCPT parameters refused with {rcpt!r}")
+    else:
+        check(rcpt.orcpt is None or not _CONTROL & set(rcpt.orcpt), f"ORCPT {rcpt.orcpt!r}")
 
 
 def _check_command_target(cursor: Cursor) -> None:
@@ -407,6 +436,8 @@ def check_proxy(data: bytes) -> None:
         check(bool(result.error) or result.version is None, "invalid header without an error")
         return
     check(final == result, "eof changed a complete header")
+    tlv = result.tlv  # decoding the TLVs on demand must not raise either
+    check(tlv is None or isinstance(tlv, dict), f"TLVs decoded to {tlv!r}")
     followed = parse_proxy_header(data + b"EHLO after.example\r\n")
     check(followed is not None and followed.whole_raw == result.whole_raw, "tail changed it")
     for cut in range(len(result.whole_raw)):
