@@ -3,7 +3,6 @@ smtplib and aiosmtplib see it over a real local socket."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os

@@ -2,8 +2,7 @@
 
 Every file in ``tests/fuzz/corpus`` (the seeds of the atheris campaign and every input that once
 broke an oracle) is run through :func:`~tests.fuzz.atheris_sans_io.one_input`. The defects found
-are pinned here with their minimal inputs; those not fixed yet are strict xfails, so a fix shows
-up as a failure to remove the mark (and :data:`KNOWN_OVERSIZE_SPLIT_BUG` with it).
+are pinned here with their minimal inputs, each with the defect it once showed.
 """
 
 from __future__ import annotations
@@ -30,15 +29,11 @@ def test_saved_inputs_replay(path: Path) -> None:
 
 # --- an over-size DATA whose terminator is split across reads -------------------------------------
 
-OVERSIZE_SPLIT = (
-    "Receiver._next_data: after an over-size DATA is discarded down to its last 4 octets, "
-    "the scan resumes at offset 2 of that tail, so a CRLF.CRLF starting at offset 0 or 1 "
-    "(its 'CRLF .' in one read, its 'CRLF' in the next) is missed: the message is never "
-    "answered 552, and what follows is read as content until data_timeout ends it with 421"
-)
+# Once, after an over-size DATA was discarded down to its last 4 octets, the scan resumed at
+# offset 2 of that tail: a CRLF.CRLF starting at offset 0 or 1 ("CRLF ." in one read, "CRLF" in
+# the next) was missed, so the message was never answered 552.
 
 
-@pytest.mark.xfail(strict=True, reason=OVERSIZE_SPLIT)
 def test_an_oversize_message_ends_whatever_the_reads() -> None:
     # Found by atheris (corpus/oversize-data-split-terminator), minimised by hand.
     receiver = Receiver(max_line=512)
@@ -57,7 +52,6 @@ def test_the_same_message_in_one_read_is_refused() -> None:
     assert receiver.next_event() == DataDone(None, R.DATA_TOO_LARGE)
 
 
-@pytest.mark.xfail(strict=True, reason=OVERSIZE_SPLIT)
 def test_the_fuzzer_input_gives_the_same_events_byte_by_byte() -> None:
     stream = b"DATA\r\nfirst\n.\r\nMAIL F\x1aOM:<s@e>\r\nDAT\xc1\rA\r\nse\x01\x00nd\r\n.\r\n"
     limits = Limits(max_line=512, data_limit=8, policy="reject", utf8=False)
@@ -66,7 +60,6 @@ def test_the_fuzzer_input_gives_the_same_events_byte_by_byte() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason=OVERSIZE_SPLIT)
 def test_an_oversize_message_split_before_its_last_crlf_gets_552_over_a_socket() -> None:
     with running(data_size_limit=8, data_timeout=2.0) as server, connected(server) as client:
         for command in ("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA"):
@@ -81,21 +74,12 @@ def test_an_oversize_message_split_before_its_last_crlf_gets_552_over_a_socket()
 # --- the line-length check of content no longer than the limit ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "has_long_line returns False for any content no longer than the limit, but an "
-        "unterminated last line counts its missing CRLF (as documented): BDAT content of "
-        "exactly 1000 octets without CRLF is a 1002-octet line, over the 1001 limit, while "
-        "the same line after a CRLF is refused"
-    ),
-)
 def test_an_unterminated_last_line_counts_its_crlf_at_every_length() -> None:
     content = b"x" * 1000
     assert long_line_reference(content, 1001)
     assert long_line_reference(b"\r\n" + content, 1001)
     assert has_long_line(b"\r\n" + content, 1001)
-    assert has_long_line(content, 1001)  # observed: False
+    assert has_long_line(content, 1001)  # was False before the fix
 
 
 def test_the_same_line_after_a_crlf_is_refused() -> None:

@@ -88,7 +88,7 @@ def has_long_line(content: bytes, limit: int) -> bool:
     an LF, so only such windows are measured exactly. Ordinary mail costs one ``find`` (a
     ``memchr``) per window instead of one object per line.
     """
-    if len(content) <= limit:
+    if len(content) + 2 <= limit:  # even an unterminated line this short is within it
         return False
     step = max(limit // 2, 1)
     find, rfind = content.find, content.rfind

@@ -295,7 +295,7 @@ class Receiver:
             # Over the cap: keep only a tail long enough to hold a split terminator.
             self._discarded = True
             del buf[:-4]
-            self._scan = len(buf)
+            self._scan = 0  # the kept tail may hold an undecided "CRLF ." at its start
         return NEED_DATA
 
     def _finish_data(self, raw: bytes) -> DataDone:
