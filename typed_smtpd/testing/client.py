@@ -276,7 +276,7 @@ class SMTPTestClient:
         """The server's greeting, once read."""
         self.ssl_object: ssl.SSLObject | None = None
         """The TLS state after :meth:`starttls` (or implicit TLS); ``None`` in the clear."""
-        self.recipients_accepted = 0
+        self.recipients_accepted: int = 0
         """RCPT commands answered 2xx in the current transaction (for :meth:`lmtp_data`)."""
         self._shared = transcript
         self._reader = ReplyReader()

@@ -139,7 +139,7 @@ class MemoryTransport(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._scheduled = False
-        self.writes = 0
+        self.writes: int = 0
         """How many times the server called :meth:`write` (or :meth:`writelines`)."""
 
     # --- asyncio.Transport (the server's side) --------------------------------------------------
@@ -334,11 +334,11 @@ class FakeSMTPServer:
     ) -> None:
         self.handler = handler
         """The handler under test, as given."""
-        self.recorder = (
+        self.recorder: RecordingHandler = (
             handler if isinstance(handler, RecordingHandler) else RecordingHandler(handler)
         )
         """The recording wrapper the server actually calls."""
-        self.server_class = server_class_for(handler, server_class)
+        self.server_class: Callable[..., SMTP] = server_class_for(handler, server_class)
         self.peer = peer
         self.implicit_tls_context = implicit_tls_context
         self.client_tls_context = client_tls_context
@@ -346,7 +346,7 @@ class FakeSMTPServer:
         self.timeout = timeout
         smtp_kwargs.setdefault("hostname", _FAKE_HOSTNAME)
         self.smtp_kwargs = smtp_kwargs
-        self.tracker = ConnectionTracker(max_connections)
+        self.tracker: ConnectionTracker = ConnectionTracker(max_connections)
         self.transcript: list[TranscriptEntry] = []
         """Every connection's dialog, interleaved in the order things happened."""
         self.clients: list[FakeClient] = []
@@ -509,11 +509,11 @@ class SocketpairSMTPServer:
         **smtp_kwargs: Any,
     ) -> None:
         self.handler = handler
-        self.recorder = (
+        self.recorder: RecordingHandler = (
             handler if isinstance(handler, RecordingHandler) else RecordingHandler(handler)
         )
         """The recording wrapper the server actually calls."""
-        self.server_class = server_class_for(handler, server_class)
+        self.server_class: Callable[..., SMTP] = server_class_for(handler, server_class)
         self.timeout = timeout
         smtp_kwargs.setdefault("hostname", _FAKE_HOSTNAME)
         self.smtp_kwargs = smtp_kwargs

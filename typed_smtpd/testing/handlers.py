@@ -75,7 +75,7 @@ __all__ = [
     "server_class_for",
 ]
 
-log = logging.getLogger("mail.log")
+log: logging.Logger = logging.getLogger("mail.log")
 
 #: An envelope attribute set by :class:`AcceptAndDrop`: the message was answered 250 and then
 #: thrown away, so :class:`RecordingHandler` does not record it.
@@ -1055,7 +1055,7 @@ class FaultSMTP(SMTP):
 
     def __init__(self, handler: object, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self.fault_injector = _find_injector(handler)
+        self.fault_injector: FaultInjector | None = _find_injector(handler)
         """The injector whose rules apply here."""
         self._start_handle: asyncio.TimerHandle | None = None
 

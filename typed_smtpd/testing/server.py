@@ -220,9 +220,9 @@ class LocalSMTPServer:
 
     def __init__(self, options: ServerOptions | None = None, **overrides: Any) -> None:
         base = options if options is not None else ServerOptions()
-        self.options = base.merged(overrides) if overrides else base
+        self.options: ServerOptions = base.merged(overrides) if overrides else base
         """The options in force."""
-        self.recorder = RecordingHandler(self.options.handler)
+        self.recorder: RecordingHandler = RecordingHandler(self.options.handler)
         """The recording handler the server calls."""
         self.certificates: TestCertificates | None = None
         """The certificates, when TLS is on."""

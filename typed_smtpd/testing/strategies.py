@@ -27,10 +27,10 @@ from typing import Final, ParamSpec, TypeVar, cast
 
 try:
     from hypothesis import strategies as st
-except ImportError as exc:  # pragma: no cover - exercised by hiding hypothesis in a test
+except ImportError as _missing:  # pragma: no cover - exercised by hiding hypothesis in a test
     raise ImportError(
         "typed_smtpd.testing.strategies needs hypothesis: pip install typed-smtpd[testing]"
-    ) from exc
+    ) from _missing
 
 __all__ = [
     "SMUGGLING_SEQUENCES",
