@@ -25,6 +25,7 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
@@ -158,6 +159,17 @@ def syntax(text: str, extended: str | None = None, when: str | None = None) -> C
     return decorator
 
 
+_READ_SIZE: Final = 1 << 16
+_thread_state = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    view: memoryview | None = getattr(_thread_state, "view", None)
+    if view is None:
+        view = _thread_state.view = memoryview(bytearray(_READ_SIZE))
+    return view
+
+
 @functools.lru_cache(maxsize=1)
 def _fqdn() -> str:
     # Looked up once per process, never per connection (it can mean a DNS query).
@@ -216,7 +228,7 @@ class ConnectionTracker:
         self._connections.clear()
 
 
-class SMTP(asyncio.Protocol):
+class SMTP(asyncio.BufferedProtocol):
     """The SMTP protocol for one connection: give ``lambda: SMTP(handler)`` to ``create_server``.
 
     Every keyword argument of aiosmtpd's ``SMTP`` is accepted with its meaning and default; the
@@ -468,7 +480,17 @@ class SMTP(asyncio.Protocol):
         self._timer = self.loop.call_later(self.limits.timeout, self._on_timer)
         self._task = self.loop.create_task(self._handle_client())
 
-    def data_received(self, data: bytes) -> None:
+    # The event loop reads straight into a buffer shared by the connections of its thread
+    # (get_buffer() and buffer_updated() are always called back to back), so a read neither
+    # allocates a fresh bytes object per recv() nor holds a buffer per idle connection.
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_read_buffer()[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._receiver.receive_data(data)
         self._last_activity = self.loop.time()
         waiter = self._waiter

@@ -153,7 +153,7 @@ class Receiver:
 
     # --- input ----------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the client."""
         self._buf += data
 
