@@ -260,9 +260,11 @@ def _remove_socket_file(path: str, identity: _SocketIdentity | None) -> None:
 
 async def _wait_closed(server: asyncio.Server) -> None:
     """Wait, within a bound, until ``server`` and (on 3.12+) all its connections are closed."""
-    if sys.version_info >= (3, 13):
-        # Every connection has had its grace period and a 421 by now; anything left is stuck.
-        server.abort_clients()
+    # Every connection has had its grace period and a 421 by now; anything left is stuck.
+    # asyncio 3.13+ servers can drop their clients; uvloop's (and older) cannot.
+    abort_clients = getattr(server, "abort_clients", None)
+    if abort_clients is not None:
+        abort_clients()
     try:
         await asyncio.wait_for(server.wait_closed(), _CLOSE_TIMEOUT)
     except asyncio.TimeoutError:

@@ -764,8 +764,10 @@ async def _serve(
         await asyncio.wait({draining, forced}, return_when=asyncio.FIRST_COMPLETED)
         for task in (draining, forced):
             task.cancel()
-        if sys.version_info >= (3, 13):
-            server.abort_clients()
+        # asyncio 3.13+ servers can drop their clients; uvloop's (and older) cannot.
+        abort_clients = getattr(server, "abort_clients", None)
+        if abort_clients is not None:
+            abort_clients()
         with suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), _CLOSE_TIMEOUT)
     finally:
