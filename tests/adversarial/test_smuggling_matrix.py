@@ -43,6 +43,7 @@ ENVELOPE = f"EHLO client.example.test\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIP
 
 
 def ids(sequence: bytes) -> str:
+    """A readable test id for a byte sequence."""
     return repr(sequence)[2:-1]
 
 
@@ -201,11 +202,13 @@ class TLSPair:
 
 @pytest.fixture
 def tls(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> TLSPair:
+    """The test PKI's server and client contexts."""
     return TLSPair(server_context, client_context)
 
 
 @pytest.fixture
 def tls_recorder(tls: TLSPair) -> Iterator[tuple[Recorder, RawClient]]:
+    """A recording STARTTLS server and a client connected to it."""
     recorder = Recorder()
     with (
         running(recorder, tls_context=tls.server, timeout=2.0, grace_period=0.2) as server,
@@ -215,6 +218,7 @@ def tls_recorder(tls: TLSPair) -> Iterator[tuple[Recorder, RawClient]]:
 
 
 def deliver_inside_tls(client: RawClient) -> None:
+    """Greet again and deliver one message; every reply positive."""
     assert client.cmd("EHLO real.example.test")[0] == 250
     assert client.cmd(f"MAIL FROM:<{SENDER}>")[0] == 250
     assert client.cmd(f"RCPT TO:<{RECIPIENT}>")[0] == 250
@@ -326,7 +330,13 @@ def test_plaintext_after_close_notify_is_never_processed(
         assert client.cmd(f"MAIL FROM:<{SENDER}>")[0] == 250
         assert client.cmd(f"RCPT TO:<{RECIPIENT}>")[0] == 250
         tls_sock.sendall(b"BDAT 100 LAST\r\n" + b"x" * 10)
-    raw = tls_sock.unwrap()  # close_notify, then back to the bare TCP socket
+    try:
+        raw = tls_sock.unwrap()  # close_notify, then back to the bare TCP socket
+    except (ssl.SSLError, OSError):
+        # Python 3.10's asyncio answers close_notify by closing the connection outright: no
+        # cleartext can follow at all.
+        assert recorder.envelopes == []
+        return
     raw.settimeout(5)
     try:
         raw.sendall(b"X\r\nNOOP\r\nMAIL FROM:<cleartext@evil.test>\r\n")
