@@ -282,6 +282,7 @@ class Dribbler(threading.Thread):
         self.started = threading.Event()
 
     def run(self) -> None:
+        """Write every chunk, stopping quietly if the server closes."""
         start = time.monotonic()
         self.sock.settimeout(self.interval)
         self.started.set()
@@ -324,6 +325,7 @@ def pipelined(sock: socket.socket, chunks: Iterator[bytes]) -> threading.Thread:
     """
 
     def run() -> None:
+        """Write every chunk, stopping quietly if the server closes."""
         try:
             for chunk in chunks:
                 sock.sendall(chunk)

@@ -62,6 +62,7 @@ def handler_for(hook: str, act: Misbehaviour) -> object:
     async def helo(
         self: Any, server: SMTP, session: Session, envelope: Envelope, hostname: str
     ) -> Any:
+        """``handle_HELO``."""
         return await act()
 
     async def ehlo(
@@ -72,6 +73,7 @@ def handler_for(hook: str, act: Misbehaviour) -> object:
         hostname: str,
         responses: list[str],
     ) -> Any:
+        """``handle_EHLO`` (the five-argument form)."""
         return await act()
 
     async def mail(
@@ -82,6 +84,7 @@ def handler_for(hook: str, act: Misbehaviour) -> object:
         address: str,
         mail_options: list[str],
     ) -> Any:
+        """``handle_MAIL``."""
         return await act()
 
     async def rcpt(
@@ -92,22 +95,27 @@ def handler_for(hook: str, act: Misbehaviour) -> object:
         address: str,
         rcpt_options: list[str],
     ) -> Any:
+        """``handle_RCPT``."""
         return await act()
 
     async def common(self: Any, server: SMTP, session: Session, envelope: Envelope) -> Any:
+        """``handle_DATA``, ``handle_RSET`` or ``handle_QUIT``."""
         return await act()
 
     async def noop(self: Any, server: SMTP, session: Session, envelope: Envelope, arg: str) -> Any:
+        """``handle_NOOP``."""
         return await act()
 
     async def vrfy(
         self: Any, server: SMTP, session: Session, envelope: Envelope, address: str
     ) -> Any:
+        """``handle_VRFY``."""
         return await act()
 
     async def auth(
         self: Any, server: SMTP, session: Session, envelope: Envelope, args: list[str]
     ) -> Any:
+        """``handle_AUTH``."""
         return await act()
 
     methods: dict[str, Callable[..., Any]] = {
@@ -156,10 +164,12 @@ SERVER_KWARGS: dict[str, Any] = {"auth_require_tls": False}
 
 
 def internal_error(enhanced: bool) -> tuple[int, str]:
+    """The ``451 4.3.0`` reply as :meth:`RawClient.reply` reads it."""
     return R.INTERNAL_ERROR.code, R.INTERNAL_ERROR.line(enhanced=enhanced)[4:]
 
 
 def run_trigger(client: RawClient, trigger: Trigger) -> tuple[int, str]:
+    """Send the trigger's set-up commands, then the command that calls the hook."""
     for command in trigger.setup:
         code, text = client.cmd(command)
         assert 200 <= code < 400, (command, code, text)
@@ -177,6 +187,7 @@ def check_goes_on(client: RawClient, trigger: Trigger) -> None:
 
 
 def error_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The records logged at ERROR or above."""
     return [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -320,9 +331,11 @@ class ExceptionHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        """Always raises."""
         raise RuntimeError(SECRET)
 
     async def handle_exception(self, error: Exception) -> Any:
+        """Records the error, then misbehaves."""
         self.seen.append(error)
         return await self.act()
 
@@ -358,12 +371,14 @@ def test_handle_exception_chooses_the_reply() -> None:
 def raising_authenticator(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
 ) -> AuthResult:
+    """An authenticator that raises."""
     raise RuntimeError(SECRET)
 
 
 def garbage_authenticator(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
 ) -> Any:
+    """An authenticator that returns a string instead of an AuthResult."""
     return "yes, let them in"
 
 

@@ -58,6 +58,7 @@ class ProxyAcceptor:
     async def handle_PROXY(
         self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
     ) -> bool:
+        """Accepts every header."""
         return True
 
 
@@ -69,10 +70,12 @@ def greeted(port: int) -> RawClient:
 
 
 def in_command(port: int) -> socket.socket:
+    """A greeted connection: the attack is a command line."""
     return greeted(port).sock
 
 
 def in_data(port: int) -> socket.socket:
+    """A connection after the 354 to DATA."""
     client = greeted(port)
     assert client.cmd("MAIL FROM:<slow@example.test>")[0] == 250
     assert client.cmd("RCPT TO:<rcpt@example.test>")[0] == 250
@@ -81,6 +84,7 @@ def in_data(port: int) -> socket.socket:
 
 
 def in_bdat(port: int) -> socket.socket:
+    """A connection after ``BDAT 100000 LAST``."""
     client = greeted(port)
     assert client.cmd("MAIL FROM:<slow@example.test>")[0] == 250
     assert client.cmd("RCPT TO:<rcpt@example.test>")[0] == 250
@@ -89,16 +93,19 @@ def in_bdat(port: int) -> socket.socket:
 
 
 def in_auth(port: int) -> socket.socket:
+    """A connection after the first 334 of AUTH LOGIN."""
     client = greeted(port)
     assert client.cmd("AUTH LOGIN")[0] == 334
     return client.sock
 
 
 def in_proxy_header(port: int) -> socket.socket:
+    """A new connection to a PROXY protocol port: the header is the attack."""
     return socket.create_connection((HOST, port), timeout=TIMEOUT)
 
 
 def in_tls_handshake(port: int) -> socket.socket:
+    """A connection after the 220 to STARTTLS."""
     client = greeted(port)
     assert client.cmd("STARTTLS")[0] == 220
     return client.sock

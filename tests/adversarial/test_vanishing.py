@@ -52,6 +52,7 @@ class SlowRecorder(Recorder):
     every PROXY header."""
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Records the message; waits 0.3 s first for :data:`SLOW_RECIPIENT`."""
         if SLOW_RECIPIENT in envelope.rcpt_tos:
             await asyncio.sleep(0.3)
         return await super().handle_DATA(server, session, envelope)
@@ -59,6 +60,7 @@ class SlowRecorder(Recorder):
     async def handle_PROXY(
         self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
     ) -> bool:
+        """Accepts every PROXY header."""
         return True
 
 
@@ -93,6 +95,7 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
+    """A test CA's server context and a client context that trusts it."""
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
@@ -116,6 +119,7 @@ def serving(pki: Pki, **kwargs: Any) -> Iterator[Servers]:
 
 @pytest.fixture
 def servers(pki: Pki) -> Iterator[Servers]:
+    """Fresh servers for one test."""
     with serving(pki) as fresh:
         yield fresh
 
@@ -126,12 +130,14 @@ def servers(pki: Pki) -> Iterator[Servers]:
 
 
 def greeted(servers: Servers) -> RawClient:
+    """A client of the main server that has said EHLO."""
     client = RawClient(HOST, servers.main.port)
     assert client.cmd("EHLO vanishing.example.test")[0] == 250
     return client
 
 
 def in_transaction(servers: Servers, recipient: str = "rcpt@example.test") -> RawClient:
+    """A greeted client with MAIL and RCPT accepted."""
     client = greeted(servers)
     assert client.cmd("MAIL FROM:<vanishing@example.test>")[0] == 250
     assert client.cmd(f"RCPT TO:<{recipient}>")[0] == 250
@@ -139,22 +145,26 @@ def in_transaction(servers: Servers, recipient: str = "rcpt@example.test") -> Ra
 
 
 def before_the_greeting(servers: Servers) -> socket.socket:
+    """Connects and leaves before reading anything."""
     return socket.create_connection((HOST, servers.main.port), timeout=TIMEOUT)
 
 
 def mid_command(servers: Servers) -> socket.socket:
+    """Leaves in the middle of a command line."""
     client = greeted(servers)
     client.send(b"MAIL FROM:<half-way@exam")
     return client.sock
 
 
 def mid_pipeline_with_replies_unread(servers: Servers) -> socket.socket:
+    """Pipelines 20,000 NOOPs and leaves without reading a reply."""
     client = greeted(servers)
     client.send(b"NOOP\r\n" * 20_000 + b"RCPT TO:<")
     return client.sock
 
 
 def mid_data(servers: Servers) -> socket.socket:
+    """Leaves in the middle of the message content."""
     client = in_transaction(servers)
     assert client.cmd("DATA")[0] == 354
     client.send(b"Subject: gone\r\n\r\nhalf a mess")
@@ -162,6 +172,7 @@ def mid_data(servers: Servers) -> socket.socket:
 
 
 def mid_data_terminator(servers: Servers) -> socket.socket:
+    """Leaves one octet short of CRLF.CRLF."""
     client = in_transaction(servers)
     assert client.cmd("DATA")[0] == 354
     client.send(b"Subject: gone\r\n\r\nbody\r\n.\r")  # one octet short of the end
@@ -169,12 +180,14 @@ def mid_data_terminator(servers: Servers) -> socket.socket:
 
 
 def mid_bdat(servers: Servers) -> socket.socket:
+    """Leaves in the middle of a BDAT chunk."""
     client = in_transaction(servers)
     client.send(b"BDAT 100000 LAST\r\n" + b"c" * 5000)
     return client.sock
 
 
 def mid_auth(servers: Servers) -> socket.socket:
+    """Leaves in the middle of the AUTH LOGIN password."""
     client = greeted(servers)
     assert client.cmd("AUTH LOGIN")[0] == 334
     assert client.cmd("YWxpY2U=")[0] == 334  # "alice"; now the password is awaited
@@ -183,12 +196,14 @@ def mid_auth(servers: Servers) -> socket.socket:
 
 
 def mid_auth_plain_challenge(servers: Servers) -> socket.socket:
+    """Leaves when AUTH PLAIN has asked for the credentials."""
     client = greeted(servers)
     assert client.cmd("AUTH PLAIN")[0] == 334
     return client.sock
 
 
 def while_the_handler_works(servers: Servers) -> socket.socket:
+    """Sends a whole message and QUIT, and leaves while handle_DATA runs."""
     client = in_transaction(servers, SLOW_RECIPIENT)
     assert client.cmd("DATA")[0] == 354
     client.send(b"Subject: slow\r\n\r\nbody\r\n.\r\nQUIT\r\n")
@@ -205,6 +220,7 @@ def _client_hello(context: ssl.SSLContext) -> bytes:
 
 
 def mid_starttls_handshake(servers: Servers) -> socket.socket:
+    """Leaves after half a ClientHello."""
     client = greeted(servers)
     assert client.cmd("STARTTLS")[0] == 220
     hello = _client_hello(servers.client_context)
@@ -213,6 +229,7 @@ def mid_starttls_handshake(servers: Servers) -> socket.socket:
 
 
 def after_starttls_mid_command(servers: Servers) -> socket.socket:
+    """Leaves inside TLS, mid-command, without a close_notify."""
     client = greeted(servers)
     assert client.cmd("STARTTLS")[0] == 220
     tls = servers.client_context.wrap_socket(client.sock, server_hostname=HOST)
@@ -222,6 +239,7 @@ def after_starttls_mid_command(servers: Servers) -> socket.socket:
 
 
 def mid_implicit_tls_handshake(servers: Servers) -> socket.socket:
+    """Leaves during the handshake of implicit TLS."""
     sock = socket.create_connection((HOST, servers.smtps.port), timeout=TIMEOUT)
     hello = _client_hello(servers.client_context)
     sock.sendall(hello[:100])
@@ -229,6 +247,7 @@ def mid_implicit_tls_handshake(servers: Servers) -> socket.socket:
 
 
 def mid_implicit_tls_auth(servers: Servers) -> socket.socket:
+    """Leaves during AUTH LOGIN under implicit TLS."""
     sock = socket.create_connection((HOST, servers.smtps.port), timeout=TIMEOUT)
     tls = servers.client_context.wrap_socket(sock, server_hostname=HOST)
     tls.sendall(b"EHLO vanishing.example.test\r\nAUTH LOGIN\r\n")
@@ -236,12 +255,14 @@ def mid_implicit_tls_auth(servers: Servers) -> socket.socket:
 
 
 def mid_proxy_header(servers: Servers) -> socket.socket:
+    """Leaves in the middle of the PROXY header."""
     sock = socket.create_connection((HOST, servers.proxy.port), timeout=TIMEOUT)
     sock.sendall(PROXY_HEADER[:20])
     return sock
 
 
 def after_proxy_header_mid_command(servers: Servers) -> socket.socket:
+    """Leaves mid-command after a complete PROXY header."""
     client = PrefixedClient(HOST, servers.proxy.port, PROXY_HEADER)
     client.send(b"EHLO x\r\nMAIL FROM")
     return client.sock
@@ -270,12 +291,14 @@ VANISHES: dict[str, Callable[[Servers], socket.socket]] = {
 
 
 def vanish(sock: socket.socket, how: str) -> None:
+    """Close ``sock`` with a FIN (``close``) or an RST (``reset``)."""
     if how == "reset":
         reset_on_close(sock)
     sock.close()
 
 
 def all_controllers(servers: Servers) -> list[Controller]:
+    """The three servers."""
     return [servers.main, servers.proxy, servers.smtps]
 
 
@@ -295,10 +318,12 @@ class Counts:
     fds: int
 
     def within(self, other: Counts) -> bool:
+        """Whether every count is at most ``other``'s."""
         return self.tasks <= other.tasks and self.slots <= other.slots and self.fds <= other.fds
 
 
 def counts(servers: Servers) -> Counts:
+    """Tasks and connection slots of the three servers, and this process's descriptors."""
     controllers = all_controllers(servers)
     return Counts(
         tasks=sum(loop_task_count(c) for c in controllers),
@@ -321,6 +346,7 @@ def settled(servers: Servers, target: Counts, budget: float = 3.0) -> Counts:
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What was logged at ERROR or with a traceback."""
     return [
         f"{r.name} {r.levelname} {r.getMessage()}"
         for r in caplog.records

@@ -28,7 +28,7 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from typed_smtpd.proto.commands import (
@@ -51,7 +51,6 @@ from typed_smtpd.proto.replies import DATA_LINE_TOO_LONG as R_LINE_TOO_LONG
 from typed_smtpd.proto.replies import Reply
 
 __all__ = [
-    "KNOWN_OVERSIZE_SPLIT_BUG",
     "TARGETS",
     "Cursor",
     "OracleError",
@@ -241,23 +240,9 @@ def _check_data(event: DataDone, stream: bytes, start: int | None, limits: Limit
     check(event.stuffed or b"\r\n." not in b"\r\n" + event.raw, "stuffed content not flagged")
 
 
-#: Known, reported, kept as a strict xfail in test_regressions: after an over-size DATA has been
-#: discarded, a CRLF.CRLF split across two reads right after "CRLF ." is missed.
-KNOWN_OVERSIZE_SPLIT_BUG: Final = True
-
-
 def same_events(stream: bytes, cuts: Sequence[int], limits: Limits) -> bool:
-    """Whether splitting ``stream`` at ``cuts`` gives the events of the unsplit stream.
-
-    While :data:`KNOWN_OVERSIZE_SPLIT_BUG` stands, a difference that disappears without a DATA
-    size limit is that bug and is not reported again.
-    """
-    if drive_receiver(stream, cuts, limits) == drive_receiver(stream, [], limits):
-        return True
-    if KNOWN_OVERSIZE_SPLIT_BUG and limits.data_limit is not None:
-        unlimited = replace(limits, data_limit=None)
-        return drive_receiver(stream, cuts, unlimited) == drive_receiver(stream, [], unlimited)
-    return False
+    """Whether splitting ``stream`` at ``cuts`` gives the events of the unsplit stream."""
+    return drive_receiver(stream, cuts, limits) == drive_receiver(stream, [], limits)
 
 
 def check_receiver(cursor: Cursor) -> None:
@@ -399,8 +384,7 @@ def check_content(content: bytes, policy: BareNewlinePolicy, limit: int | None) 
         check(result == R_BAD_ENDING, f"bare newline kept: {result!r}")
         return
     checked = normalize_reference(content) if policy == "normalize" and bare else content
-    # Contents no longer than the limit are never scanned (see test_regressions).
-    too_long = limit is not None and len(checked) > limit and long_line_reference(checked, limit)
+    too_long = limit is not None and long_line_reference(checked, limit)
     if too_long:
         check(result == R_LINE_TOO_LONG, f"a line over {limit} accepted: {result!r}")
         return
@@ -414,7 +398,7 @@ def _check_content_target(cursor: Cursor) -> None:
     limit: int | None = cursor.choice([None, 1, 4, 16, 1001])
     content = cursor.rest()
     check_content(content, policy, limit)
-    if limit is not None and len(content) > limit:
+    if limit is not None:
         check(
             has_long_line(content, limit) == long_line_reference(content, limit),
             "has_long_line disagrees with the reference",

@@ -102,6 +102,7 @@ class Server:
     client_context: ssl.SSLContext
 
     def rss(self) -> int:
+        """The server's resident memory now, in octets."""
         with open(f"/proc/{self.process.pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
@@ -111,6 +112,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    """The server in its child process, with a fresh CA and Maildir."""
     ca = trustme.CA()
     cert = ca.issue_cert(HOST)
     chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
@@ -158,6 +160,7 @@ WORDS: Final = [b"alpha", b"beta", b"gamma", b"delta", b"epsilon", b"zeta", b"et
 
 
 def message_size(rng: random.Random) -> int:
+    """A message size: mostly small, some large, a few of several MiB."""
     roll = rng.random()
     if roll < 0.6:
         return rng.randint(200, 4096)
@@ -201,6 +204,7 @@ def stored_form(content: bytes, sender: str, recipients: list[str]) -> bytes:
 
 
 def dot_stuff(content: bytes) -> bytes:
+    """The DATA transparency procedure (RFC 5321 section 4.5.2)."""
     stuffed = content.replace(b"\r\n.", b"\r\n..")
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
@@ -216,6 +220,7 @@ class Client:
         self.buffer = b""
 
     def reply(self) -> tuple[int, bytes]:
+        """The next reply: its code and its lines."""
         lines = []
         while True:
             while b"\r\n" not in self.buffer:
@@ -229,10 +234,12 @@ class Client:
                 return int(line[:3]), b"\n".join(lines)
 
     def cmd(self, line: str) -> int:
+        """Send one command line; the code of its reply."""
         self.sock.sendall(line.encode() + b"\r\n")
         return self.reply()[0]
 
     def close(self) -> None:
+        """Close the socket."""
         self.sock.close()
 
 
@@ -277,6 +284,7 @@ def send_bdat(
 
 
 def one_session(server: Server, rng: random.Random, tally: Tally) -> None:
+    """One connection: greet, maybe STARTTLS and AUTH, one to three messages, QUIT."""
     client = Client(server.port)
     try:
         assert client.reply()[0] == 220
@@ -314,6 +322,7 @@ def one_session(server: Server, rng: random.Random, tally: Tally) -> None:
 
 
 def worker(server: Server, seed: int, deadline: float, tally: Tally) -> None:
+    """Run sessions until ``deadline``; count any error."""
     rng = random.Random(seed)
     while time.monotonic() < deadline:
         try:
