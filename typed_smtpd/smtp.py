@@ -25,11 +25,12 @@ import re
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
 
 from typed_smtpd import __version__
 from typed_smtpd.hooks import AuthHook, HookRegistry, auth_mechanism, mechanism_name
@@ -376,6 +377,7 @@ class SMTP(asyncio.BufferedProtocol):
             utf8=enable_SMTPUTF8,
         )
         self._task: asyncio.Task[None] | None = None
+        self._greeted = False
         self._waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -478,7 +480,7 @@ class SMTP(asyncio.BufferedProtocol):
             return
         self._last_activity = self.loop.time()
         self._timer = self.loop.call_later(self.limits.timeout, self._on_timer)
-        self._task = self.loop.create_task(self._handle_client())
+        self._start_pass()
 
     # The event loop reads straight into a buffer shared by the connections of its thread
     # (get_buffer() and buffer_updated() are always called back to back), so a read neither
@@ -498,6 +500,9 @@ class SMTP(asyncio.BufferedProtocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        elif self._task is None:
+            if not self._closed:
+                self._start_pass()
         elif (
             not self._reading_paused
             and self._receiver.buffered > _HIGH_WATER
@@ -509,7 +514,10 @@ class SMTP(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
+        elif self._task is None and not self._closed:
+            self._start_pass()  # answers what is buffered, then closes
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -666,7 +674,7 @@ class SMTP(asyncio.BufferedProtocol):
 
     def _request_shutdown(self) -> None:
         self._shutdown_requested = True
-        if self._waiter is not None and self._state() in (State.GREETED, State.READY):
+        if self._task is None and self._state() in (State.GREETED, State.READY):
             self._reply(R.SHUTTING_DOWN)
             self._close()
 
@@ -702,17 +710,52 @@ class SMTP(asyncio.BufferedProtocol):
 
     # --- the connection task --------------------------------------------------------------------
 
-    async def _handle_client(self) -> None:
+    def _start_pass(self) -> None:
+        """Process what the client sent, as one task that ends when the input runs dry.
+
+        From Python 3.12 the task starts eagerly: a command that needs no awaiting (no hook, or
+        a hook that answers at once) is answered inside this very ``data_received`` call, with
+        no extra turn of the event loop. Earlier Pythons schedule it as usual.
+        """
+        coro = self._run_pass()
+        if sys.version_info >= (3, 12):
+            task = asyncio.Task(coro, loop=self.loop, eager_start=True)
+        else:
+            task = self.loop.create_task(coro)
+        if not task.done():
+            self._task = task
+
+    async def _run_pass(self) -> None:
         self._set_busy(True)
+        receiver = self._receiver
         try:
-            if self._proxy_timeout is not None and not await self._read_proxy_header():
-                self._close()
-                return
-            self._reply(R.greeting(self.hostname, self._ident))
+            if not self._greeted:
+                self._greeted = True
+                if self._proxy_timeout is not None and not await self._read_proxy_header():
+                    self._close()
+                    return
+                self._reply(R.greeting(self.hostname, self._ident))
             while not self._closed:
-                event = await self._next_event()
-                if event is None:
-                    break
+                event = receiver.next_event()
+                if event is NEED_DATA:
+                    if self._eof:
+                        break
+                    self._flush()
+                    if self._write_paused:
+                        await self._drain()
+                        continue
+                    if self._reading_paused and self.transport is not None:
+                        self._reading_paused = False
+                        self.transport.resume_reading()  # type: ignore[attr-defined]
+                    # Idle: the next read starts the next pass.
+                    self._set_busy(False)
+                    now = self._last_activity = self.loop.time()
+                    if self._partial_since is None and receiver.partial:
+                        # A line has begun: it must end within the timeout, however it trickles.
+                        self._partial_since = now
+                    self._task = None
+                    return
+                self._partial_since = None
                 if isinstance(event, Line):
                     await self._dispatch(event)
                 elif isinstance(event, BadLine):
@@ -724,12 +767,12 @@ class SMTP(asyncio.BufferedProtocol):
                     self._reply(R.SHUTTING_DOWN)
                     self._close()
         except asyncio.CancelledError:
+            self._close()
             raise
         except Exception:
             log.exception("%r internal error", self.session.peer if self.session else None)
             self._reply(R.INTERNAL_ERROR)
-        finally:
-            self._close()
+        self._close()
 
     def _count_bogus(self) -> None:
         self._bogus += 1
@@ -1399,7 +1442,7 @@ class SMTP(asyncio.BufferedProtocol):
         self._last_activity = self.loop.time()
         try:
             new_transport = await self.loop.start_tls(
-                transport,
+                cast("asyncio.WriteTransport", transport),
                 self,
                 self.tls_context,
                 server_side=True,
