@@ -39,13 +39,11 @@ __all__ = [
     "DATA_LINE_TOO_LONG",
     "DATA_TOO_LARGE",
     "DECODE_ERROR",
-    "DUPLICATE_HELO",
     "EHLO_FIRST",
     "ENTER_DATA",
     "EXPN_NOT_IMPLEMENTED",
     "HELLO_FIRST",
     "INTERNAL_ERROR",
-    "LHLO_ONLY",
     "MAIL_BAD_BODY",
     "MAIL_NESTED",
     "MAIL_OK",
@@ -166,12 +164,10 @@ BAD_LINE_ENDING: Final = Reply(
     500, "Error: bare CR or LF in command; lines must end with CRLF", "5.5.2"
 )
 HELLO_FIRST: Final = Reply(503, "Error: send HELO first", "5.5.1")
-DUPLICATE_HELO: Final = Reply(503, "Error: duplicate HELO", "5.5.1")
 EXPN_NOT_IMPLEMENTED: Final = Reply(502, "EXPN not implemented", "5.5.1")
 CANNOT_VRFY: Final = Reply(
     252, "Cannot VRFY user, but will accept message and attempt delivery", "2.0.0"
 )
-LHLO_ONLY: Final = Reply(500, "Error: this is an LMTP server; use LHLO", "5.5.1")
 
 
 def syntax(usage: str) -> Reply:
