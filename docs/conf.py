@@ -30,6 +30,8 @@ from sphinx.util.nodes import nested_parse_with_titles
 ROOT = Path(__file__).resolve().parent.parent
 # Let a plain `sphinx-build` from a checkout document the checkout, installed or not.
 sys.path.insert(0, str(ROOT))
+# The local extension that generates reference tables from the code (docs/_ext).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
 
 project = "typed_smtpd"
 author = "typed_smtpd developers"
@@ -44,8 +46,10 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
+    "generated_reference",
 ]
-# Diagrams are drawn only where Graphviz is installed; no page depends on them.
+# The state diagram is drawn only where Graphviz is installed; without ``dot`` the page shows its
+# DOT source and the transition table instead (see docs/_ext/generated_reference.py).
 if shutil.which("dot"):
     extensions.append("sphinx.ext.graphviz")
 
