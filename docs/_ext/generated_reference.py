@@ -151,14 +151,18 @@ def _commented_constants(source: str) -> dict[str, str]:
     lines = source.splitlines()
     found: dict[str, str] = {}
     for node in ast.parse(source).body:
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        else:
             continue
         comment: list[str] = []
         index = node.lineno - 2
         while index >= 0 and lines[index].lstrip().startswith("#:"):
             comment.insert(0, lines[index].lstrip()[2:].strip())
             index -= 1
-        found[node.target.id] = " ".join(comment)
+        found[name] = " ".join(comment)
     return found
 
 
@@ -175,38 +179,48 @@ def _field_sources(cls: type) -> dict[str, str]:
 class LimitsTable(_Generated):
     """``.. limits-table::``: the Limits fields and the constants behind them."""
 
-    modules = ("typed_smtpd.proto.limits",)
+    modules = ("typed_smtpd.proto.limits", "typed_smtpd.smtp")
+
+    def reason(self, text: str) -> list[nodes.Node]:
+        """A ``#:`` comment parsed as inline reStructuredText (it may hold roles and literals)."""
+        parsed, messages = self.state.inline_text(text, self.lineno)
+        return [nodes.paragraph("", "", *parsed), *messages]
 
     def run(self) -> list[nodes.Node]:
         from typed_smtpd.proto import limits
+        from typed_smtpd.smtp import SMTP
 
         self.note_sources()
         comments = _commented_constants(inspect.getsource(limits))
         sources = _field_sources(limits.Limits)
+        keywords = inspect.signature(SMTP.__init__).parameters
         field_rows = []
         for field in dataclasses.fields(limits.Limits):
             default = field.default
             origin = sources.get(field.name, repr(default))
             shown = repr(default) if origin == repr(default) else f"{origin} = {default!r}"
-            reason = comments.get(origin, "")
-            field_rows.append(
-                (
-                    _literal(field.name),
-                    _literal(str(field.type)),
-                    _literal(shown),
-                    nodes.Text(reason),
-                )
-            )
-        fields_table = table(
-            ["Field (SMTP keyword)", "Type", "Default", "Why"], field_rows, [20, 18, 26, 36]
-        )
+            reason = comments.get(origin) or comments.get(str(field.type)) or ""
+            if field.name in keywords:
+                how = f"SMTP({field.name}=...)"
+            elif hasattr(SMTP, field.name):
+                how = f"SMTP.{field.name} (class attribute)"
+            else:
+                how = f"Limits({field.name}=...)"
+            row: list[Cell] = [_literal(field.name), _literal(shown), _literal(how)]
+            row.append(nodes.container("", *self.reason(reason)) if reason else "")
+            field_rows.append(row)
+        fields_table = table(["Field", "Default", "Set with", "Why"], field_rows, [18, 24, 24, 34])
         constant_rows = []
         for name in limits.__all__:
-            if name not in comments:
+            if name not in comments or not comments[name]:
                 continue
             value = getattr(limits, name)
             constant_rows.append(
-                (_literal(name), _literal(repr(value)), nodes.Text(comments[name]))
+                (
+                    _literal(name),
+                    _literal(repr(value)),
+                    nodes.container("", *self.reason(comments[name])),
+                )
             )
         constants_table = table(["Constant", "Value", "Reasoning"], constant_rows, [24, 20, 56])
         return [fields_table, constants_table]
@@ -221,6 +235,11 @@ def _fixed_width(parser: argparse.ArgumentParser) -> argparse.HelpFormatter:
     """The parser's own formatter at a fixed width, so the page does not depend on a terminal."""
     formatter_class = cast("type[argparse.HelpFormatter]", parser.formatter_class)
     return formatter_class(prog=parser.prog, width=HELP_WIDTH)
+
+
+def _heading(title: str) -> str:
+    """An argparse group title as a heading: first letter up, the rest as written (``TLS``)."""
+    return title[:1].upper() + title[1:]
 
 
 class CLIReference(_Generated):
@@ -252,13 +271,14 @@ class CLIReference(_Generated):
                 invocation = _fixed_width(parser)._format_action_invocation(action)
                 help_text = _fixed_width(parser)._expand_help(action) if action.help else ""
                 if (
-                    action.default not in (None, argparse.SUPPRESS, False, [], 0)
+                    not isinstance(action.default, bool)
+                    and action.default not in (None, argparse.SUPPRESS, [], 0)
                     and "default" not in help_text
                     and action.option_strings
                 ):
                     help_text += f" (default: {action.default})"
                 rows.append((_literal(invocation), nodes.Text(help_text)))
-            section = nodes.rubric(text=(group.title or "options").capitalize())
+            section = nodes.rubric(text=_heading(group.title or "options"))
             result.append(section)
             result.append(table(["Option", "Meaning"], rows, [30, 70]))
         if parser.epilog:
