@@ -384,6 +384,10 @@ def test_soak(server: Server) -> None:
         "rss_after_warm_up_mib": round(max(warm) / MIB, 1) if warm else None,
         "rss_late_peak_mib": round(max(late) / MIB, 1) if late else None,
         "rss_peak_mib": round(max(rss for _, rss in samples) / MIB, 1),
+        "rss_peak_by_tenth_mib": [
+            round(max((rss for t, rss in samples if int(10 * t / SECONDS) == i), default=0) / MIB)
+            for i in range(10)
+        ],
     }
     print(json.dumps(figures))
     report = os.environ.get("TYPED_SMTPD_ADVERSARIAL_REPORT")
