@@ -71,6 +71,8 @@ import socket as _doctest_socket
 _doctest_previous_timeout = _doctest_socket.getdefaulttimeout()
 _doctest_socket.setdefaulttimeout(30)
 """
+# The example application of the tutorial lives in docs/examples; its doctests import it from there.
+doctest_path = [str(Path(__file__).resolve().parent / "examples")]
 doctest_global_cleanup = """
 _doctest_socket.setdefaulttimeout(_doctest_previous_timeout)
 """
