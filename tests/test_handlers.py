@@ -835,3 +835,17 @@ def test_proxy_relay_slower_than_the_timeout_answers_451() -> None:
             assert far.entered.is_set()
     finally:
         far.release.set()
+
+
+async def test_mailbox_in_an_existing_empty_directory(tmp_path: Path) -> None:
+    # An existing empty directory (a fresh volume) must work like a new path.
+    handler = Mailbox(tmp_path)
+    session, envelope = Session(), Envelope(mail_from="a@b.test", rcpt_tos=["c@d.test"])
+    envelope.content = envelope.original_content = b"Subject: x\r\n\r\nbody\r\n"
+    assert await handler.handle_DATA(SERVER, session, envelope) == "250 OK"
+    assert len(list((tmp_path / "new").iterdir())) == 1
+
+
+test_mailbox_in_an_existing_empty_directory = pytest.mark.asyncio(
+    test_mailbox_in_an_existing_empty_directory
+)

@@ -305,6 +305,10 @@ class Mailbox(Message[_MessageT]):
         super().__init__(message_class)
         self.mail_dir: str = os.path.abspath(mail_dir)
         self.mailbox: mailbox.Maildir = mailbox.Maildir(self.mail_dir)
+        # mailbox.Maildir creates tmp/, new/ and cur/ only for a directory that does not exist
+        # yet: an existing empty directory (a fresh volume, say) needs them too.
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.mail_dir, sub), exist_ok=True)
 
     @classmethod
     def from_cli(cls, parser: ArgumentParser, *args: str) -> Self:

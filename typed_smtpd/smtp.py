@@ -463,6 +463,7 @@ class SMTP(asyncio.BufferedProtocol):
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A client connected: start its session (or refuse it when the server is full)."""
         self.loop = asyncio.get_running_loop()
         self.transport = transport
         session = self.session = self._create_session()
@@ -487,12 +488,15 @@ class SMTP(asyncio.BufferedProtocol):
     # allocates a fresh bytes object per recv() nor holds a buffer per idle connection.
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the event loop reads the next bytes to (shared by the thread's connections)."""
         return _read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the read buffer: hand them to :meth:`data_received`."""
         self.data_received(_read_buffer()[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
+        """Buffer what the client sent and let the command processing take it from there."""
         self._receiver.receive_data(data)
         self._last_activity = self.loop.time()
         waiter = self._waiter
@@ -513,6 +517,7 @@ class SMTP(asyncio.BufferedProtocol):
             self.transport.pause_reading()  # type: ignore[attr-defined]
 
     def eof_received(self) -> bool | None:
+        """The client stopped sending: answer what is buffered, then close."""
         self._eof = True
         if self._waiter is not None:
             self._wake()
@@ -521,6 +526,7 @@ class SMTP(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: free its slot and timer, and stop waiting for input."""
         self._closed = True
         if exc is not None:
             log.info("%r connection lost: %s", self.session.peer if self.session else None, exc)
@@ -536,9 +542,11 @@ class SMTP(asyncio.BufferedProtocol):
         self.transport = None
 
     def pause_writing(self) -> None:
+        """The client is not reading its replies: stop reading its commands until it does."""
         self._write_paused = True
 
     def resume_writing(self) -> None:
+        """The client caught up with its replies."""
         self._write_paused = False
         drain = self._drain_waiter
         if drain is not None:
