@@ -12,6 +12,9 @@ Directives (each takes no argument and no content):
 ``.. cli-reference::``
    Usage, description and every option of the real :mod:`argparse` parser of the command line
    (:func:`typed_smtpd.main.build_parser`), group by group, and its epilog.
+``.. hook-table::``
+   Every hook name the server calls (:data:`typed_smtpd.hooks.HOOK_NAMES`) with the signature of
+   its Protocol and what the server does without it.
 ``.. state-diagram::``
    :func:`typed_smtpd.proto.state.to_dot` drawn by :mod:`sphinx.ext.graphviz` when the ``dot``
    program exists, its DOT source as a literal block otherwise; then the transition table of
@@ -290,7 +293,10 @@ class CLIReference(_Generated):
 
 
 class StateDiagram(_Generated):
-    """``.. state-diagram::``: the drawn diagram (or its DOT source) and the transition table."""
+    """``.. hook-table::``
+       Every hook name the server calls (:data:`typed_smtpd.hooks.HOOK_NAMES`) with the signature of
+       its Protocol and what the server does without it.
+    ``.. state-diagram::``: the drawn diagram (or its DOT source) and the transition table."""
 
     modules = ("typed_smtpd.proto.state",)
 
@@ -330,6 +336,88 @@ class StateDiagram(_Generated):
         return result
 
 
+# --- handler hooks ------------------------------------------------------------------------------
+
+#: What the server does when a handler lacks the hook. Kept next to the generated table so that a
+#: new hook without an entry fails the build (``-W``) instead of going undocumented.
+WHEN_ABSENT = {
+    "handle_HELO": "Records the name in session.host_name and answers 250 <server hostname>.",
+    "handle_EHLO": "Records the name and sends the planned lines unchanged (hostname, the "
+    "extensions, 250 HELP).",
+    "handle_MAIL": "Records the sender and its parameters in the envelope; 250 2.1.0 OK.",
+    "handle_RCPT": "Appends the recipient and its parameters to the envelope; 250 2.1.5 OK.",
+    "handle_DATA": "Accepts and discards the message: 250 2.0.0 OK (a legacy process_message "
+    "method is called instead, with a DeprecationWarning).",
+    "handle_DATA_recipient": "LMTP: every recipient gets handle_DATA's reply; without "
+    "handle_DATA either, each gets 250 2.1.5 <recipient> OK.",
+    "handle_RSET": "Clears the transaction; 250 2.0.0 OK.",
+    "handle_NOOP": "250 2.0.0 OK.",
+    "handle_QUIT": "221 2.0.0 Bye, then closes the connection.",
+    "handle_VRFY": "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery.",
+    "handle_AUTH": "Runs the built-in AUTH: the mechanisms (PLAIN, LOGIN, CRAM-MD5 if enabled, "
+    "the handler's auth_* methods) and the authenticator.",
+    "handle_PROXY": "Every valid PROXY header is accepted; session.proxy_data holds it.",
+    "handle_STARTTLS": "Every completed TLS handshake is accepted.",
+    "handle_exception": "Logs the error and answers 451 4.3.0; the exception text never "
+    "reaches the client.",
+}
+
+
+class HookTable(_Generated):
+    """``.. hook-table::``: every hook the server calls, its Protocol, shape and default."""
+
+    modules = ("typed_smtpd.hooks",)
+
+    def run(self) -> list[nodes.Node]:
+        from typed_smtpd import hooks
+
+        self.note_sources()
+        protocols = {}
+        for name in hooks.__all__:
+            value = getattr(hooks, name)
+            if inspect.isclass(value) and getattr(value, "_is_protocol", False):
+                for attribute in vars(value):
+                    if attribute in hooks.HOOK_NAMES:
+                        protocols[attribute] = value
+        rows: list[list[Cell]] = []
+        result: list[nodes.Node] = []
+        for hook in sorted(
+            hooks.HOOK_NAMES,
+            key=lambda name: (
+                list(WHEN_ABSENT).index(name) if name in WHEN_ABSENT else len(WHEN_ABSENT)
+            ),
+        ):
+            protocol = protocols.get(hook)
+            if protocol is None or hook not in WHEN_ABSENT:
+                result.append(
+                    self.state.document.reporter.warning(
+                        f"hook-table: {hook} has no Protocol or no WHEN_ABSENT entry",
+                        line=self.lineno,
+                    )
+                )
+                continue
+            method = getattr(protocol, hook)
+            signature = inspect.signature(method)
+            kind = "async def" if inspect.iscoroutinefunction(method) else "def"
+            shape = f"{kind} {hook}{signature}".replace("self, ", "")
+            reference, messages = self.state.inline_text(
+                f":class:`~typed_smtpd.hooks.{protocol.__name__}`", self.lineno
+            )
+            rows.append(
+                [
+                    nodes.container(
+                        "",
+                        nodes.paragraph("", "", _literal(shape)),
+                        nodes.paragraph("", "", *reference),
+                    ),
+                    WHEN_ABSENT[hook],
+                ]
+            )
+            result.extend(messages)
+        result.insert(0, table(["Hook and its Protocol", "Without the hook"], rows, [55, 45]))
+        return result
+
+
 # --- Python documentation labels ----------------------------------------------------------------
 
 
@@ -353,5 +441,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("limits-table", LimitsTable)
     app.add_directive("cli-reference", CLIReference)
     app.add_directive("state-diagram", StateDiagram)
+    app.add_directive("hook-table", HookTable)
     app.connect("missing-reference", _python_label)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
