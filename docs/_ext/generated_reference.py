@@ -399,7 +399,7 @@ class HookTable(_Generated):
             method = getattr(protocol, hook)
             signature = inspect.signature(method)
             kind = "async def" if inspect.iscoroutinefunction(method) else "def"
-            shape = f"{kind} {hook}{signature}".replace("self, ", "")
+            shape = f"{kind} {hook}{signature}".replace("self, ", "").replace("'", "")
             reference, messages = self.state.inline_text(
                 f":class:`~typed_smtpd.hooks.{protocol.__name__}`", self.lineno
             )
