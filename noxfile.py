@@ -77,7 +77,15 @@ TEST_DEPS = [
 ]
 INTEROP_DEPS = ["aiosmtplib", "trustme"]
 DOCS_DEPS = ["sphinx>=7.2", "furo"]
-LINT_TARGETS = ["typed_smtpd", "tests", "bench", "noxfile.py", "docs/conf.py", "docs/_ext", "docs/examples"]
+LINT_TARGETS = [
+    "typed_smtpd",
+    "tests",
+    "bench",
+    "noxfile.py",
+    "docs/conf.py",
+    "docs/_ext",
+    "docs/examples",
+]
 
 
 def _hypothesis_env(default_profile: str) -> dict[str, str]:
