@@ -484,7 +484,6 @@ def test_fault_injector_from_the_command_line() -> None:
     assert process.returncode == 0
 
 
-
 def test_recording_handler_waits_across_threads() -> None:
     recorder = RecordingHandler()
 
