@@ -698,23 +698,33 @@ class SMTP(asyncio.BufferedProtocol):
                 return event
             if self._closed or self._eof:
                 return None
-            self._flush()
-            if self._write_paused:
-                await self._drain()
+            if not await self._ready_to_wait():
                 continue
-            if self._reading_paused and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()  # type: ignore[attr-defined]
-            self._set_busy(False)
-            now = self._last_activity = self.loop.time()
-            if self._partial_since is None and receiver.partial:
-                # A line has begun: it must end within the timeout, however it trickles in.
-                self._partial_since = now
             waiter = self._waiter = self.loop.create_future()
             try:
                 await waiter
             finally:
                 self._set_busy(True)
+
+    async def _ready_to_wait(self) -> bool:
+        """Send what is queued and settle flow control before waiting for the client.
+
+        ``False`` when it had to wait for the client to read its replies first: more input may
+        have arrived meanwhile, so look again.
+        """
+        self._flush()
+        if self._write_paused:
+            await self._drain()
+            return False
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+        self._set_busy(False)
+        now = self._last_activity = self.loop.time()
+        if self._partial_since is None and self._receiver.partial:
+            # A line has begun: it must end within the timeout, however it trickles in.
+            self._partial_since = now
+        return True
 
     # --- the connection task --------------------------------------------------------------------
 
@@ -748,20 +758,9 @@ class SMTP(asyncio.BufferedProtocol):
                 if event is NEED_DATA:
                     if self._eof:
                         break
-                    self._flush()
-                    if self._write_paused:
-                        await self._drain()
+                    if not await self._ready_to_wait():
                         continue
-                    if self._reading_paused and self.transport is not None:
-                        self._reading_paused = False
-                        self.transport.resume_reading()  # type: ignore[attr-defined]
-                    # Idle: the next read starts the next pass.
-                    self._set_busy(False)
-                    now = self._last_activity = self.loop.time()
-                    if self._partial_since is None and receiver.partial:
-                        # A line has begun: it must end within the timeout, however it trickles.
-                        self._partial_since = now
-                    self._task = None
+                    self._task = None  # idle: the next read starts the next pass
                     return
                 self._partial_since = None
                 if isinstance(event, Line):
