@@ -55,6 +55,7 @@ from typed_smtpd.proto.limits import (
     Limits,
 )
 from typed_smtpd.proto.params import MailPolicy, mail_params, rcpt_params
+from typed_smtpd.proto.proxy import is_trusted_peer, parse_proxy_header, parse_trusted_networks
 from typed_smtpd.proto.replies import Reply
 from typed_smtpd.proto.state import (
     State,
@@ -77,7 +78,7 @@ from typed_smtpd.session import (
 )
 
 if TYPE_CHECKING:
-    from typed_smtpd.proxy_protocol import ProxyData
+    pass
 
 __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
@@ -92,6 +93,7 @@ __all__ = [
     "ConnectionTracker",
     "Envelope",
     "LoginPassword",
+    "PeerType",
     "Session",
     "TLSSetupException",
     "auth_mechanism",
@@ -357,7 +359,8 @@ class SMTP(asyncio.BufferedProtocol):
             if proxy_protocol_timeout < 3.0:
                 log.warning("proxy_protocol_timeout below 3 s may cut off slow proxies")
         self._proxy_timeout = proxy_protocol_timeout
-        self._proxy_trusted = tuple(proxy_trusted_networks or ())
+        # Parsed once here: a bad network is a clear ValueError when the server is built.
+        self._proxy_trusted = parse_trusted_networks(proxy_trusted_networks or ())
         self._enhanced = enhanced_status_codes
         self.connection_tracker: ConnectionTracker | None = connection_tracker
         self._mechanisms = self._collect_mechanisms()
@@ -1696,14 +1699,12 @@ class SMTP(asyncio.BufferedProtocol):
     # --- PROXY protocol -------------------------------------------------------------------------
 
     async def _read_proxy_header(self) -> bool:
-        from typed_smtpd.proto.proxy import is_trusted_peer, parse_proxy_header
-
         session = self.session
         assert session is not None and self._proxy_timeout is not None
         peer = session.peer
         if self._proxy_trusted:
             host = peer[0] if isinstance(peer, tuple) and peer else None
-            if host is None or not is_trusted_peer(host, self._proxy_trusted_networks()):
+            if host is None or not is_trusted_peer(host, self._proxy_trusted):
                 log.warning("%r PROXY header refused: peer is not a trusted proxy", peer)
                 return False
         self._set_deadline(self._proxy_timeout)
@@ -1737,19 +1738,5 @@ class SMTP(asyncio.BufferedProtocol):
                 return False
         return True
 
-    def _proxy_trusted_networks(self) -> list[Any]:
-        import ipaddress
-
-        return [ipaddress.ip_network(net, strict=False) for net in self._proxy_trusted]
-
-    def _proxy_data(self) -> ProxyData | None:
-        return self.session.proxy_data if self.session else None
-
 
 SMTP._collect_commands()
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PeerType":
-        return PeerType
-    raise AttributeError(name)
