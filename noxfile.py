@@ -178,7 +178,7 @@ def lint(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the HTML docs with warnings as errors, run their doctests, check internal links."""
     session.install("-e", ".")
-    session.install(*DOCS_DEPS, "hypothesis>=6.100")
+    session.install(*DOCS_DEPS, "hypothesis>=6.100", "trustme")  # trustme: TLS examples
     build = Path("docs", "_build")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(build / "html"), "-q"
