@@ -17,6 +17,7 @@ import trustme
 
 from tests.support import RawClient, connected, running
 from typed_smtpd.controller import Controller
+from typed_smtpd.lmtp import LMTP
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.replies import Reply
 from typed_smtpd.session import AuthResult, Envelope, Session
@@ -36,6 +37,10 @@ def accept_alice(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
 ) -> AuthResult:
     return AuthResult(success=getattr(data, "login", None) == b"alice")
+
+
+class ShortLocalParts(SMTP):
+    local_part_limit = 3
 
 
 class Raising:
@@ -61,8 +66,11 @@ class Case:
     kwargs: dict[str, Any] = field(default_factory=dict)
     handler: object | None = None
     enhanced: bool = True
+    server_class: type[SMTP] = SMTP
 
 
+HELP_VERBS = ["AUTH", "BDAT", "DATA", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT"]
+HELP_VERBS += ["RSET", "VRFY"]
 PLAIN_ALICE = b"AUTH PLAIN " + b64(b"\x00alice\x00pw") + b"\r\n"
 AUTH_OK = {"auth_require_tls": False, "authenticator": accept_alice}
 
@@ -174,7 +182,43 @@ CASES: dict[str, Case] = {
         {"tls_context": "make", "require_starttls": True},
     ),
     "READY_FOR_TLS": Case(R.READY_FOR_TLS, [EHLO, (b"STARTTLS\r\n", 1)], {"tls_context": "make"}),
+    "VRFY_UNPARSABLE": Case(R.VRFY_UNPARSABLE, [EHLO, (b"VRFY not an address\r\n", 1)]),
+    "AUTH_IN_TRANSACTION": Case(
+        R.AUTH_IN_TRANSACTION, [EHLO, (b"MAIL FROM:<a@b.test>\r\n", 1), (PLAIN_ALICE, 1)], AUTH_OK
+    ),
+    "LOCAL_PART_TOO_LONG": Case(
+        R.LOCAL_PART_TOO_LONG,
+        [EHLO, (b"MAIL FROM:<abcd@b.test>\r\n", 1)],
+        server_class=ShortLocalParts,
+    ),
     # The reply builders of the catalogue, one example each.
+    "help_commands": Case(
+        R.help_commands(
+            [
+                "AUTH",
+                "BDAT",
+                "DATA",
+                "EHLO",
+                "HELO",
+                "HELP",
+                "MAIL",
+                "NOOP",
+                "QUIT",
+                "RCPT",
+                "RSET",
+                "VRFY",
+            ]
+        ),
+        [EHLO, (b"HELP\r\n", 1)],
+    ),
+    "help_syntax": Case(R.help_syntax("NOOP [ignored]"), [EHLO, (b"HELP noop\r\n", 1)]),
+    "chunk_received": Case(R.chunk_received(2), [*TRANSACTION, (b"BDAT 2\r\nab", 1)]),
+    "recipient_delivered": Case(
+        R.recipient_delivered("c@d.test"),
+        [(b"LHLO client.test\r\n", 1), *TRANSACTION[1:], (b"BDAT 0 LAST\r\n", 1)],
+        handler=object(),  # no handle_DATA: the default per-recipient reply
+        server_class=LMTP,
+    ),
     "syntax": Case(R.syntax("RSET"), [EHLO, (b"RSET now\r\n", 1)]),
     "unrecognized": Case(R.unrecognized("FROB"), [EHLO, (b"FROB\r\n", 1)]),
     "call_limit_exceeded": Case(
@@ -213,7 +257,10 @@ def test_catalogue_reply_over_a_socket(name: str) -> None:
     kwargs = dict(case.kwargs)
     if kwargs.get("tls_context") == "make":
         kwargs["tls_context"] = tls_context()
-    with running(case.handler, **kwargs) as server, connected(server) as client:
+    with (
+        running(case.handler, server_class=case.server_class, **kwargs) as server,
+        connected(server) as client,
+    ):
         last: tuple[int, str] | None = None
         for data, count in case.steps:
             if data:

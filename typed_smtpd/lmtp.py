@@ -68,7 +68,7 @@ class LMTP(SMTP):
             return
         for recipient in envelope.rcpt_tos:
             if hooks.data_recipient is None:
-                self._reply(Reply(250, f"<{recipient}> OK", "2.1.5"))
+                self._reply(R.recipient_delivered(recipient))
                 continue
             try:
                 await self._run_hook(

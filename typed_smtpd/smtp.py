@@ -1110,7 +1110,7 @@ class SMTP(asyncio.BufferedProtocol):
                 arg if arg.startswith("<") else f"<{arg}>", allow_null=False, allow_postmaster=True
             )
         except PathError:
-            self._reply(Reply(502, "Could not VRFY that address", "5.5.4"))
+            self._reply(R.VRFY_UNPARSABLE)
             return
         hook = self._hooks.vrfy
         if hook is None:
@@ -1140,7 +1140,6 @@ class SMTP(asyncio.BufferedProtocol):
         if self._auth_needed():
             return
         verbs = self._help_verbs()
-        supported = "Supported commands: " + " ".join(verbs)
         if arg:
             method = self._commands.get(arg.upper())
             text = getattr(method, "__smtp_syntax__", None) if method is not None else None
@@ -1151,11 +1150,11 @@ class SMTP(asyncio.BufferedProtocol):
                 assert self.session is not None
                 if extended and self.session.extended_smtp:
                     text += extended
-                self._reply(Reply(250, f"Syntax: {text}", "2.0.0"))
+                self._reply(R.help_syntax(text))
                 return
-            self._reply(Reply(501, supported, "5.5.4"))
+            self._reply(R.help_commands(verbs, refused=True))
             return
-        self._reply(Reply(250, supported, "2.0.0"))
+        self._reply(R.help_commands(verbs))
 
     # --- MAIL / RCPT ----------------------------------------------------------------------------
 
@@ -1189,7 +1188,7 @@ class SMTP(asyncio.BufferedProtocol):
             self.limits.local_part_limit
             and len(address.rpartition("@")[0]) > self.limits.local_part_limit
         ):
-            self._reply(Reply(553, "Local part too long", "5.1.3"))
+            self._reply(R.LOCAL_PART_TOO_LONG)
             return
         parsed = mail_params(
             params,
@@ -1410,7 +1409,7 @@ class SMTP(asyncio.BufferedProtocol):
         chunks.append(event.data)
         self._bdat_size += size
         if not last:
-            self._reply(Reply(250, f"{size} octets received", "2.0.0"))
+            self._reply(R.chunk_received(size))
             return
         raw = b"".join(chunks)
         binary = self._envelope.body == "BINARYMIME"
@@ -1528,7 +1527,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.AUTH_ALREADY)
             return
         if self._state() is not State.READY:
-            self._reply(Reply(503, "Error: AUTH not allowed during a mail transaction", "5.5.1"))
+            self._reply(R.AUTH_IN_TRANSACTION)
             return
         if not arg:
             self._reply(R.AUTH_NOT_ENOUGH_VALUE)

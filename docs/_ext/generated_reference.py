@@ -130,12 +130,22 @@ class ReplyCatalogue(_Generated):
         ]
         catalogue = table(["Name", "Code", "Enhanced", "Text"], rows, [26, 6, 9, 59])
 
-        examples: list[tuple[str, Callable[..., replies.Reply], tuple[str, ...]]] = [
+        examples: list[tuple[str, Callable[..., replies.Reply], tuple[object, ...]]] = [
             ("greeting", replies.greeting, ("mail.example.com", "typed_smtpd 1.0")),
             ("syntax", replies.syntax, ("MAIL FROM:<address>",)),
             ("unrecognized", replies.unrecognized, ("FOO",)),
             ("call_limit_exceeded", replies.call_limit_exceeded, ("NOOP",)),
+            ("help_commands", replies.help_commands, (["EHLO", "MAIL", "QUIT"],)),
+            ("help_syntax", replies.help_syntax, ("NOOP [ignored]",)),
+            ("chunk_received", replies.chunk_received, (4096,)),
+            ("recipient_delivered", replies.recipient_delivered, ("bart@example.com",)),
         ]
+        documented = {name for name, _, _ in examples}
+        missing = sorted(
+            name for name in replies.__all__ if name[0].islower() and name not in documented
+        )
+        if missing:  # a new reply factory must get an example here, or -W fails the build
+            raise self.error(f"reply factories without an example: {', '.join(missing)}")
         factory_rows = []
         for name, factory, args in examples:
             summary = (inspect.getdoc(factory) or "").splitlines()[0]

@@ -21,6 +21,7 @@ __all__ = [
     "AUTH_CANT_SPLIT",
     "AUTH_ENCRYPTION_REQUIRED",
     "AUTH_FAILED",
+    "AUTH_IN_TRANSACTION",
     "AUTH_LINE_TOO_LONG",
     "AUTH_NOT_ENOUGH_VALUE",
     "AUTH_NO_MECHANISM",
@@ -44,6 +45,7 @@ __all__ = [
     "EXPN_NOT_IMPLEMENTED",
     "HELLO_FIRST",
     "INTERNAL_ERROR",
+    "LOCAL_PART_TOO_LONG",
     "MAIL_BAD_BODY",
     "MAIL_NESTED",
     "MAIL_OK",
@@ -70,10 +72,15 @@ __all__ = [
     "TOO_MANY_CONNECTIONS",
     "TOO_MANY_RECIPIENTS",
     "TOO_MANY_UNRECOGNIZED",
+    "VRFY_UNPARSABLE",
     "Reply",
     "ReplyClass",
     "call_limit_exceeded",
+    "chunk_received",
     "greeting",
+    "help_commands",
+    "help_syntax",
+    "recipient_delivered",
     "syntax",
     "unrecognized",
 ]
@@ -165,9 +172,21 @@ BAD_LINE_ENDING: Final = Reply(
 )
 HELLO_FIRST: Final = Reply(503, "Error: send HELO first", "5.5.1")
 EXPN_NOT_IMPLEMENTED: Final = Reply(502, "EXPN not implemented", "5.5.1")
+VRFY_UNPARSABLE: Final = Reply(502, "Could not VRFY that address", "5.5.4")
 CANNOT_VRFY: Final = Reply(
     252, "Cannot VRFY user, but will accept message and attempt delivery", "2.0.0"
 )
+
+
+def help_commands(verbs: list[str], *, refused: bool = False) -> Reply:
+    """HELP without an argument (250), or with one it does not know (501): the command list."""
+    text = "Supported commands: " + " ".join(verbs)
+    return Reply(501, text, "5.5.4") if refused else Reply(250, text, "2.0.0")
+
+
+def help_syntax(usage: str) -> Reply:
+    """HELP with a command: its syntax."""
+    return Reply(250, f"Syntax: {usage}", "2.0.0")
 
 
 def syntax(usage: str) -> Reply:
@@ -211,11 +230,15 @@ AUTH_CANT_SPLIT: Final = Reply(501, "Can't split auth value", "5.5.2")
 AUTH_NOT_ENOUGH_VALUE: Final = Reply(501, "Not enough value", "5.5.2")
 AUTH_TOO_MANY_VALUES: Final = Reply(501, "Too many values", "5.5.2")
 AUTH_LINE_TOO_LONG: Final = Reply(500, "Authentication exchange line is too long", "5.5.6")
+AUTH_IN_TRANSACTION: Final = Reply(
+    503, "Error: AUTH not allowed during a mail transaction", "5.5.1"
+)
 AUTH_TOO_MANY_FAILURES: Final = Reply(421, "Too many authentication failures", "4.7.0")
 
 # --- transaction --------------------------------------------------------------------------------
 
 MALFORMED_ADDRESS: Final = Reply(553, "Error: malformed address", "5.1.3")
+LOCAL_PART_TOO_LONG: Final = Reply(553, "Local part too long", "5.1.3")
 MAIL_NESTED: Final = Reply(503, "Error: nested MAIL command", "5.5.1")
 MAIL_BAD_BODY: Final = Reply(501, "Error: BODY can only be one of 7BIT, 8BITMIME", "5.5.4")
 MAIL_SMTPUTF8_VALUE: Final = Reply(501, "Error: SMTPUTF8 takes no arguments", "5.5.4")
@@ -242,5 +265,17 @@ DATA_BAD_LINE_ENDING: Final = Reply(
     550, "Error: message contains bare CR, bare LF or NUL; lines must end with CRLF", "5.6.0"
 )
 DECODE_ERROR: Final = Reply(500, "Error: strict ASCII mode", "5.6.0")
+
+
+def chunk_received(size: int) -> Reply:
+    """The reply to a BDAT chunk that is not the last."""
+    return Reply(250, f"{size} octets received", "2.0.0")
+
+
+def recipient_delivered(recipient: str) -> Reply:
+    """LMTP: the default final reply for one recipient (RFC 2033 section 4.2)."""
+    return Reply(250, f"<{recipient}> OK", "2.1.5")
+
+
 BDAT_BAD_SIZE: Final = Reply(501, "Syntax: BDAT <chunk-size> [LAST]", "5.5.4")
 BDAT_AFTER_DATA: Final = Reply(503, "Error: BDAT and DATA cannot be mixed", "5.5.1")
