@@ -693,7 +693,41 @@ class BaseUnthreadedController(BaseController, ABC):
         await self.finalize()
 
 
-class Controller(BaseThreadedController):
+class _TCPListener(BaseController):
+    """Where the TCP controllers listen: :attr:`hostname` and :attr:`port` (no ``__init__``)."""
+
+    hostname: str
+    port: int
+
+    async def _create_server(self) -> asyncio.Server:
+        """Listen on :attr:`hostname` and :attr:`port`; record the bound port."""
+        server = await _bind_inet(
+            self.loop, self._factory_invoker, self.hostname, self.port, self.ssl_context
+        )
+        self.port = _bound_port(server)
+        return server
+
+
+class _UnixListener(BaseController):
+    """Where the Unix socket controllers listen: :attr:`unix_socket` (no ``__init__``)."""
+
+    unix_socket: str
+    _socket_identity: _SocketIdentity | None
+
+    async def _create_server(self) -> asyncio.Server:
+        """Listen on :attr:`unix_socket`."""
+        server, self._socket_identity = await _bind_unix(
+            self.loop, self._factory_invoker, self.unix_socket, self.ssl_context
+        )
+        return server
+
+    def _release_endpoint(self) -> None:
+        """Remove the socket file this controller created."""
+        _remove_socket_file(self.unix_socket, self._socket_identity)
+        self._socket_identity = None
+
+
+class Controller(_TCPListener, BaseThreadedController):
     """A threaded controller listening on TCP.
 
     :param hostname: the address to listen on. ``None`` means :func:`get_localhost`; ``""``
@@ -739,16 +773,8 @@ class Controller(BaseThreadedController):
         self.hostname = get_localhost() if hostname is None else hostname
         self.port = port
 
-    async def _create_server(self) -> asyncio.Server:
-        """Listen on :attr:`hostname` and :attr:`port`; record the bound port."""
-        server = await _bind_inet(
-            self.loop, self._factory_invoker, self.hostname, self.port, self.ssl_context
-        )
-        self.port = _bound_port(server)
-        return server
 
-
-class UnixSocketController(BaseThreadedController):
+class UnixSocketController(_UnixListener, BaseThreadedController):
     """A threaded controller listening on a Unix socket.
 
     :param unix_socket: the socket file's path (mind the OS limit of about 104 to 108 bytes).
@@ -788,20 +814,8 @@ class UnixSocketController(BaseThreadedController):
         self.unix_socket = os.fspath(unix_socket)
         self._socket_identity: _SocketIdentity | None = None
 
-    async def _create_server(self) -> asyncio.Server:
-        """Listen on :attr:`unix_socket`."""
-        server, self._socket_identity = await _bind_unix(
-            self.loop, self._factory_invoker, self.unix_socket, self.ssl_context
-        )
-        return server
 
-    def _release_endpoint(self) -> None:
-        """Remove the socket file this controller created."""
-        _remove_socket_file(self.unix_socket, self._socket_identity)
-        self._socket_identity = None
-
-
-class UnthreadedController(BaseUnthreadedController):
+class UnthreadedController(_TCPListener, BaseUnthreadedController):
     """An unthreaded controller listening on TCP; the caller runs :attr:`loop`.
 
     The parameters are those of :class:`Controller` without ``ready_timeout``.
@@ -839,16 +853,8 @@ class UnthreadedController(BaseUnthreadedController):
         self.hostname = get_localhost() if hostname is None else hostname
         self.port = port
 
-    async def _create_server(self) -> asyncio.Server:
-        """Listen on :attr:`hostname` and :attr:`port`; record the bound port."""
-        server = await _bind_inet(
-            self.loop, self._factory_invoker, self.hostname, self.port, self.ssl_context
-        )
-        self.port = _bound_port(server)
-        return server
 
-
-class UnixSocketUnthreadedController(BaseUnthreadedController):
+class UnixSocketUnthreadedController(_UnixListener, BaseUnthreadedController):
     """An unthreaded controller listening on a Unix socket; the caller runs :attr:`loop`.
 
     The parameters are those of :class:`UnixSocketController` without ``ready_timeout``.
@@ -882,18 +888,6 @@ class UnixSocketUnthreadedController(BaseUnthreadedController):
         )
         self.unix_socket = os.fspath(unix_socket)
         self._socket_identity: _SocketIdentity | None = None
-
-    async def _create_server(self) -> asyncio.Server:
-        """Listen on :attr:`unix_socket`."""
-        server, self._socket_identity = await _bind_unix(
-            self.loop, self._factory_invoker, self.unix_socket, self.ssl_context
-        )
-        return server
-
-    def _release_endpoint(self) -> None:
-        """Remove the socket file this controller created."""
-        _remove_socket_file(self.unix_socket, self._socket_identity)
-        self._socket_identity = None
 
 
 # --- serve(): the loop-native way ---------------------------------------------------------------
