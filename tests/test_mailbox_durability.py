@@ -99,7 +99,8 @@ def test_concurrent_clients_each_message_stored_exactly_once(tmp_path: Path) -> 
 # --- killed while writing ------------------------------------------------------------------------
 
 #: A Mailbox whose write of message number STALL_AFTER (counting from 0) stops half way: it writes
-#: the first half of the file, flushes it to disk, creates the file STALL_MARKER, then sleeps.
+#: the first half of the file, flushes it to disk, creates the file STALL_MARKER (atomically,
+#: holding the file's name), then sleeps.
 SLOW_MAILBOX = textwrap.dedent(
     """
     import os
@@ -119,8 +120,11 @@ SLOW_MAILBOX = textwrap.dedent(
             self._file.write(data[: len(data) // 2])
             self._file.flush()
             os.fsync(self._file.fileno())
-            with open(STALL_MARKER, "w") as marker:
+            # Written beside the marker, then renamed: the test sees the marker only once
+            # it holds the whole name.
+            with open(STALL_MARKER + ".part", "w") as marker:
                 marker.write(self._file.name)
+            os.replace(STALL_MARKER + ".part", STALL_MARKER)
             time.sleep(3600)
 
         def __getattr__(self, name):
