@@ -54,7 +54,7 @@ from typed_smtpd.proto.limits import (
     BareNewlinePolicy,
     Limits,
 )
-from typed_smtpd.proto.params import MailPolicy, mail_params, rcpt_params
+from typed_smtpd.proto.params import MailParams, MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.proxy import is_trusted_peer, parse_proxy_header, parse_trusted_networks
 from typed_smtpd.proto.replies import Reply
 from typed_smtpd.proto.state import (
@@ -129,6 +129,11 @@ AuthenticatorType = Callable[
 ]
 #: An ``smtp_<VERB>`` command method, unbound: ``await method(server, arg)``.
 CommandMethod = Callable[["SMTP", "str | None"], Awaitable[None]]
+#: The synchronous form of a built-in command: it answers at once and returns ``None``, or
+#: returns what is left to await (a handler hook) when the command cannot finish without it.
+_FastCommand = Callable[["SMTP", "str | None"], "Awaitable[object] | None"]
+#: The commands that have a synchronous form, used while a class keeps their ``smtp_<VERB>``.
+_FAST_VERBS: Final = ("HELO", "EHLO", "NOOP", "QUIT", "RSET", "MAIL", "RCPT", "DATA")
 _C = TypeVar("_C", bound=Callable[..., Any])
 
 
@@ -246,6 +251,8 @@ class SMTP(asyncio.BufferedProtocol):
     AuthLoginPasswordChallenge: ClassVar[str] = "Password\x00"
 
     _commands: ClassVar[dict[str, CommandMethod]] = {}
+    _fast: ClassVar[dict[str, _FastCommand]] = {}
+    _plain_delivery: ClassVar[bool] = True
     _server_mechanisms: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -273,6 +280,14 @@ class SMTP(asyncio.BufferedProtocol):
                     mechanisms[mechanism] = name
         cls._commands = commands
         cls._server_mechanisms = mechanisms
+        # A command a subclass overrides always runs its own coroutine; the others are
+        # answered synchronously when no hook is involved (no task, no extra loop turn).
+        cls._fast = {
+            verb: getattr(SMTP, f"_{verb.lower()}")
+            for verb in _FAST_VERBS
+            if commands.get(verb) is getattr(SMTP, f"smtp_{verb}")
+        }
+        cls._plain_delivery = cls._deliver is SMTP._deliver
 
     def __init__(
         self,
@@ -381,6 +396,8 @@ class SMTP(asyncio.BufferedProtocol):
         )
         self._task: asyncio.Task[None] | None = None
         self._greeted = False
+        self._data_pending = False
+        self._policy: MailPolicy | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -484,7 +501,12 @@ class SMTP(asyncio.BufferedProtocol):
             return
         self._last_activity = self.loop.time()
         self._timer = self.loop.call_later(self.limits.timeout, self._on_timer)
-        self._start_pass()
+        if self._proxy_timeout is not None:
+            self._start_pass()  # the PROXY header comes before the greeting
+            return
+        self._greeted = True
+        self._reply(R.greeting(self.hostname, self._ident))
+        self._flush()
 
     # The event loop reads straight into a buffer shared by the connections of its thread
     # (get_buffer() and buffer_updated() are always called back to back), so a read neither
@@ -509,7 +531,7 @@ class SMTP(asyncio.BufferedProtocol):
                 waiter.set_result(None)
         elif self._task is None:
             if not self._closed:
-                self._start_pass()
+                self._process()
         elif (
             not self._reading_paused
             and self._receiver.buffered > _HIGH_WATER
@@ -525,7 +547,7 @@ class SMTP(asyncio.BufferedProtocol):
         if self._waiter is not None:
             self._wake()
         elif self._task is None and not self._closed:
-            self._start_pass()  # answers what is buffered, then closes
+            self._process()  # answers what is buffered, then closes
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -573,14 +595,22 @@ class SMTP(asyncio.BufferedProtocol):
 
     def _set_deadline(self, seconds: float | None) -> None:
         """Start (or, with ``None``, end) a hard deadline; the timer fires at the earlier of it
-        and the idle timeout."""
-        self._deadline = None if seconds is None else self.loop.time() + seconds
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        and the idle timeout.
+
+        The timer only ever moves earlier here: one that fires before it is due finds out
+        what is due then and re-arms itself, so most messages never touch the timer heap.
+        """
+        if seconds is None:
+            self._deadline = None
+            return
+        deadline = self._deadline = self.loop.time() + seconds
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
         if not self._closed:
-            delay = self.limits.timeout if seconds is None else min(seconds, self.limits.timeout)
-            self._timer = self.loop.call_later(delay, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         """One timer per connection, re-armed lazily: the idle timeout counts from the client's
@@ -731,14 +761,47 @@ class SMTP(asyncio.BufferedProtocol):
 
     # --- the connection task --------------------------------------------------------------------
 
-    def _start_pass(self) -> None:
-        """Process what the client sent, as one task that ends when the input runs dry.
+    def _process(self) -> None:
+        """Answer what the client sent, right here in the event loop's callback.
 
-        From Python 3.12 the task starts eagerly: a command that needs no awaiting (no hook, or
-        a hook that answers at once) is answered inside this very ``data_received`` call, with
-        no extra turn of the event loop. Earlier Pythons schedule it as usual.
+        Commands that need no awaiting (no hook involved) are answered synchronously, and the
+        replies to all of them leave in one write. The first command that has a hook to await
+        hands over to a task (:meth:`_start_pass`), which goes on until the input runs dry.
         """
-        coro = self._run_pass()
+        receiver = self._receiver
+        try:
+            while not self._closed:
+                event = receiver.next_event()
+                if event is NEED_DATA:
+                    if self._eof:
+                        break
+                    self._flush()
+                    if self._write_paused:
+                        self._start_pass()  # the task waits for the client to catch up
+                    elif self._partial_since is None and receiver.partial:
+                        # A line has begun: it must end within the timeout.
+                        self._partial_since = self.loop.time()
+                    return
+                self._partial_since = None
+                pending = self._handle_event(event)
+                if pending is not None:
+                    self._start_pass(pending)
+                    return
+                if self._shutdown_requested and self._state() in (State.GREETED, State.READY):
+                    self._reply(R.SHUTTING_DOWN)
+                    self._close()
+        except Exception:
+            log.exception("%r internal error", self.session.peer if self.session else None)
+            self._reply(R.INTERNAL_ERROR)
+        self._close()
+
+    def _start_pass(self, pending: Awaitable[object] | None = None) -> None:
+        """Go on as a task that awaits ``pending`` first and ends when the input runs dry.
+
+        From Python 3.12 the task starts eagerly: a hook that answers at once is answered
+        inside this very callback, with no extra turn of the event loop.
+        """
+        coro = self._run_pass(pending)
         if sys.version_info >= (3, 12):
             task = asyncio.Task(coro, loop=self.loop, eager_start=True)
         else:
@@ -746,7 +809,7 @@ class SMTP(asyncio.BufferedProtocol):
         if not task.done():
             self._task = task
 
-    async def _run_pass(self) -> None:
+    async def _run_pass(self, pending: Awaitable[object] | None = None) -> None:
         self._set_busy(True)
         receiver = self._receiver
         try:
@@ -757,22 +820,20 @@ class SMTP(asyncio.BufferedProtocol):
                     return
                 self._reply(R.greeting(self.hostname, self._ident))
             while not self._closed:
-                event = receiver.next_event()
-                if event is NEED_DATA:
-                    if self._eof:
-                        break
-                    if not await self._ready_to_wait():
-                        continue
-                    self._task = None  # idle: the next read starts the next pass
-                    return
-                self._partial_since = None
-                if isinstance(event, Line):
-                    await self._dispatch(event)
-                elif isinstance(event, BadLine):
-                    self._reply(event.reply)
-                    self._count_bogus()
-                else:  # pragma: no cover - only the command methods switch modes
-                    raise AssertionError(f"unexpected event outside DATA/BDAT: {event!r}")
+                if pending is None:
+                    event = receiver.next_event()
+                    if event is NEED_DATA:
+                        if self._eof:
+                            break
+                        if not await self._ready_to_wait():
+                            continue
+                        self._task = None  # idle: the next read starts the next pass
+                        return
+                    self._partial_since = None
+                    pending = self._handle_event(event)
+                if pending is not None:
+                    await pending
+                    pending = None
                 if self._shutdown_requested and self._state() in (State.GREETED, State.READY):
                     self._reply(R.SHUTTING_DOWN)
                     self._close()
@@ -784,13 +845,44 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.INTERNAL_ERROR)
         self._close()
 
+    def _handle_event(self, event: Event) -> Awaitable[object] | None:
+        """Act on one event; what is left to await, if anything."""
+        if isinstance(event, Line):
+            return self._dispatch(event)
+        if isinstance(event, BadLine):
+            self._reply(event.reply)
+            self._count_bogus()
+            return None
+        if isinstance(event, DataDone) and self._data_pending:
+            # The content of a DATA begun by the synchronous command (see _data).
+            self._data_pending = False
+            self._set_deadline(None)
+            try:
+                pending = self._end_data(event)
+            except Exception as error:
+                return self._handle_error(error)
+            return None if pending is None else self._guard(pending)
+        raise AssertionError(  # pragma: no cover - only the command methods switch modes
+            f"unexpected event outside DATA/BDAT: {event!r}"
+        )
+
+    async def _guard(self, pending: Awaitable[object]) -> None:
+        """Await what a command left to await; an error in it is answered, not raised."""
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._handle_error(error)
+
     def _count_bogus(self) -> None:
         self._bogus += 1
         if self._bogus >= self.limits.bogus_limit:
             self._reply(R.TOO_MANY_UNRECOGNIZED)
             self._close()
 
-    async def _dispatch(self, line: Line) -> None:
+    def _dispatch(self, line: Line) -> Awaitable[object] | None:
+        """Run one command line; what is left to await, if anything."""
         command = parse_command(line.text)
         verb = command.verb
         session = self.session
@@ -800,24 +892,22 @@ class SMTP(asyncio.BufferedProtocol):
         if not verb or not verb.isascii() or not verb.isalnum():
             self._reply(R.BAD_SYNTAX)
             self._count_bogus()
-            return
+            return None
         if line.size > self.limits.command_limit(verb, extended=session.extended_smtp):
             self._reply(R.COMMAND_TOO_LONG)
             self._count_bogus()
-            return
+            return None
         if self._tls_refused and verb != "QUIT":
-            await self._refuse(verb, command.arg, R.SECURITY_REFUSED)
-            return
+            return self._refuse(verb, command.arg, R.SECURITY_REFUSED)
         if self.require_starttls and not self._tls_active and verb not in ALLOWED_BEFORE_STARTTLS:
-            await self._refuse(verb, command.arg, R.STARTTLS_FIRST)
-            return
+            return self._refuse(verb, command.arg, R.STARTTLS_FIRST)
         if self._call_limits is not None:
             self._call_counts[verb] += 1
             limit = self._call_limits.get(verb, self._call_limits["*"])
             if self._call_counts[verb] > limit:
                 self._reply(R.call_limit_exceeded(verb))
                 self._close()
-                return
+                return None
         if self._bdat_chunks is not None and verb not in _ALLOWED_IN_BDAT:
             # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
             if verb == "DATA":
@@ -825,32 +915,38 @@ class SMTP(asyncio.BufferedProtocol):
             else:
                 verb_enum = Verb.MAIL if verb == "MAIL" else Verb.HELP
                 self._reply(sequence_error(State.IN_BDAT, verb_enum))
-            return
+            return None
+        fast = self._fast.get(verb)
+        if fast is not None:
+            try:
+                pending = fast(self, command.arg)
+            except Exception as error:
+                return self._handle_error(error)
+            return None if pending is None else self._guard(pending)
         method = self._commands.get(verb)
         if method is None:
             self._reply(R.unrecognized(verb))
             self._count_bogus()
-            return
-        try:
-            await method(self, command.arg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            await self._handle_error(error)
+            return None
+        return self._guard(method(self, command.arg))
 
-    async def _refuse(self, verb: str, arg: str | None, reply: Reply) -> None:
+    def _refuse(self, verb: str, arg: str | None, reply: Reply) -> Awaitable[object] | None:
         """Refuse a command before it runs; a refused BDAT still has its chunk read (and
         dropped), or those octets would be taken for commands (RFC 3030 section 2)."""
-        if verb == "BDAT":
-            match = _BDAT_ARG.fullmatch(arg or "")
-            if match is None:
-                self._reply(R.BDAT_BAD_SIZE)
-                self._close()
-                return
-            self._receiver.start_bdat(int(match.group(1)), discard=True)
-            if await self._next_event() is None:
-                return
-        self._reply(reply)
+        if verb != "BDAT":
+            self._reply(reply)
+            return None
+        match = _BDAT_ARG.fullmatch(arg or "")
+        if match is None:
+            self._reply(R.BDAT_BAD_SIZE)
+            self._close()
+            return None
+        self._receiver.start_bdat(int(match.group(1)), discard=True)
+        return self._refuse_chunk(reply)
+
+    async def _refuse_chunk(self, reply: Reply) -> None:
+        if await self._next_event() is not None:
+            self._reply(reply)
 
     async def _handle_error(self, error: Exception) -> None:
         peer = self.session.peer if self.session else None
@@ -944,9 +1040,14 @@ class SMTP(asyncio.BufferedProtocol):
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str | None) -> None:
         """HELO: greet without ESMTP."""
+        pending = self._helo(hostname)
+        if pending is not None:
+            await pending
+
+    def _helo(self, hostname: str | None) -> Awaitable[object] | None:
         if not hostname:
             self._reply(R.syntax("HELO hostname"))
-            return
+            return None
         session = self.session
         assert session is not None
         self._reset_transaction()
@@ -954,10 +1055,18 @@ class SMTP(asyncio.BufferedProtocol):
         hook = self._hooks.helo
         if hook is None:
             session.host_name = hostname
-            await self.push(f"250 {self.hostname}")
-            return
+            encoding = "utf-8" if self.enable_SMTPUTF8 else "ascii"
+            self._queue(f"250 {self.hostname}\r\n".encode(encoding))
+            return None
         before = session.host_name
-        status = await self._run_hook(hook(self, session, self._envelope, hostname), "handle_HELO")
+        return self._helo_hooked(
+            hook(self, session, self._envelope, hostname), session, hostname, before
+        )
+
+    async def _helo_hooked(
+        self, awaitable: Awaitable[object], session: Session, hostname: str, before: str | None
+    ) -> None:
+        status = await self._run_hook(awaitable, "handle_HELO")
         if status[0] == "2" and session.host_name is before:
             session.host_name = hostname
 
@@ -990,10 +1099,34 @@ class SMTP(asyncio.BufferedProtocol):
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str | None) -> None:
         """EHLO: greet with ESMTP; the reply lists the extensions."""
+        pending = self._ehlo(hostname)
+        if pending is not None:
+            await pending
+
+    def _ehlo(self, hostname: str | None) -> Awaitable[object] | None:
         if not hostname:
             self._reply(R.syntax(f"{self._ehlo_keyword} hostname"))
-            return
-        await self._greet_extended(hostname)
+            return None
+        hooks = self._hooks
+        if hooks.ehlo is None and hooks.ehlo_legacy is None and self._ehlo_hook is None:
+            session = self.session
+            assert session is not None
+            self._reset_transaction()
+            session.extended_smtp = True
+            self._queue(self._ehlo_reply())
+            session.host_name = hostname
+            return None
+        return self._greet_extended(hostname)
+
+    @property
+    def _ehlo_hook(self) -> Callable[[], Awaitable[None]] | None:
+        """The deprecated ``ehlo_hook`` method of an aiosmtpd subclass, if it has one."""
+        hook: Callable[[], Awaitable[None]] | None = getattr(self, "ehlo_hook", None)
+        return hook
+
+    def _ehlo_reply(self) -> bytes:
+        """The whole EHLO reply as it goes on the wire, in one write."""
+        return ("\r\n".join(self._ehlo_responses()) + "\r\n").encode("utf-8", "replace")
 
     async def _greet_extended(self, hostname: str) -> None:
         session = self.session
@@ -1029,7 +1162,7 @@ class SMTP(asyncio.BufferedProtocol):
         else:
             for line in responses[:-1]:
                 self._queue(line.encode("utf-8", "replace") + b"\r\n")
-            legacy = getattr(self, "ehlo_hook", None)
+            legacy = self._ehlo_hook
             if legacy is not None:
                 warnings.warn(
                     "SMTP.ehlo_hook is deprecated; use the handle_EHLO handler hook",
@@ -1048,26 +1181,40 @@ class SMTP(asyncio.BufferedProtocol):
     @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str | None) -> None:
         """NOOP: do nothing, successfully."""
+        pending = self._noop(arg)
+        if pending is not None:
+            await pending
+
+    def _noop(self, arg: str | None) -> Awaitable[object] | None:
         hook = self._hooks.noop
         if hook is None:
             self._reply(R.OK)
-        else:
-            assert self.session is not None
-            await self._run_hook(hook(self, self.session, self._envelope, arg or ""), "handle_NOOP")
+            return None
+        assert self.session is not None
+        return self._run_hook(hook(self, self.session, self._envelope, arg or ""), "handle_NOOP")
 
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: str | None) -> None:
         """QUIT: say goodbye and close."""
+        pending = self._quit(arg)
+        if pending is not None:
+            await pending
+
+    def _quit(self, arg: str | None) -> Awaitable[object] | None:
         if arg:
             self._reply(R.syntax("QUIT"))
-            return
+            return None
+        if self._hooks.quit is None:
+            self._reply(R.BYE)
+            self._close()
+            return None
+        return self._quit_hooked()
+
+    async def _quit_hooked(self) -> None:
         hook = self._hooks.quit
+        assert hook is not None and self.session is not None
         try:
-            if hook is None:
-                self._reply(R.BYE)
-            else:
-                assert self.session is not None
-                await self._run_hook(hook(self, self.session, self._envelope), "handle_QUIT")
+            await self._run_hook(hook(self, self.session, self._envelope), "handle_QUIT")
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -1078,23 +1225,32 @@ class SMTP(asyncio.BufferedProtocol):
     @syntax("RSET")
     async def smtp_RSET(self, arg: str | None) -> None:
         """RSET: abandon the transaction."""
+        pending = self._rset(arg)
+        if pending is not None:
+            await pending
+
+    def _rset(self, arg: str | None) -> Awaitable[object] | None:
         if arg:
             self._reply(R.syntax("RSET"))
-            return
+            return None
         self._reset_transaction()
         hook = self._hooks.rset
         if hook is not None:
             assert self.session is not None
-            await self._run_hook(hook(self, self.session, self._envelope), "handle_RSET")
-            return
-        legacy = getattr(self, "rset_hook", None)
+            return self._run_hook(hook(self, self.session, self._envelope), "handle_RSET")
+        legacy: Callable[[], Awaitable[None]] | None = getattr(self, "rset_hook", None)
         if legacy is not None:
             warnings.warn(
                 "SMTP.rset_hook is deprecated; use the handle_RSET handler hook",
                 DeprecationWarning,
                 stacklevel=2,
             )
-            await legacy()
+            return self._rset_legacy(legacy)
+        self._reply(R.OK)
+        return None
+
+    async def _rset_legacy(self, legacy: Callable[[], Awaitable[None]]) -> None:
+        await legacy()
         self._reply(R.OK)
 
     @syntax("VRFY <address>")
@@ -1161,8 +1317,13 @@ class SMTP(asyncio.BufferedProtocol):
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         """MAIL FROM: open a transaction."""
+        pending = self._mail(arg)
+        if pending is not None:
+            await pending
+
+    def _mail(self, arg: str | None) -> Awaitable[object] | None:
         if self._auth_needed() or not self._sequence_ok(Verb.MAIL):
-            return
+            return None
         session = self.session
         assert session is not None
         usage = "MAIL FROM: <address>" + (
@@ -1170,109 +1331,149 @@ class SMTP(asyncio.BufferedProtocol):
         )
         if not arg or arg[:5].upper() != "FROM:":
             self._reply(R.syntax(usage))
-            return
+            return None
         path, params_text = split_path_and_params(arg[5:])
         if params_text and not session.extended_smtp:
             self._reply(R.syntax(usage))
-            return
+            return None
         try:
             address = parse_path(path, allow_null=True)
             params = parse_params(params_text)
         except PathError:
             self._reply(R.MALFORMED_ADDRESS)
-            return
+            return None
         except ParamError:
             self._reply(R.syntax(usage))
-            return
+            return None
         if (
             self.limits.local_part_limit
             and len(address.rpartition("@")[0]) > self.limits.local_part_limit
         ):
             self._reply(R.LOCAL_PART_TOO_LONG)
-            return
-        parsed = mail_params(
-            params,
-            MailPolicy(
+            return None
+        parsed = mail_params(params, self._mail_policy())
+        if isinstance(parsed, Reply):
+            self._reply(parsed)
+            return None
+        if not address.isascii() and not parsed.smtp_utf8:
+            self._reply(R.NEED_UTF8)
+            return None
+        envelope = self._envelope
+        hook = self._hooks.mail
+        if hook is None:
+            self._reply(R.MAIL_OK)
+            self._mail_accepted(envelope, address, params, parsed)
+            return None
+        return self._mail_hooked(
+            hook(self, session, envelope, address, params), envelope, address, params, parsed
+        )
+
+    async def _mail_hooked(
+        self,
+        awaitable: Awaitable[object],
+        envelope: Envelope,
+        address: str,
+        params: list[str],
+        parsed: MailParams,
+    ) -> None:
+        if (await self._run_hook(awaitable, "handle_MAIL"))[0] == "2":
+            self._mail_accepted(envelope, address, params, parsed)
+
+    @staticmethod
+    def _mail_accepted(
+        envelope: Envelope, address: str, params: list[str], parsed: MailParams
+    ) -> None:
+        if envelope.mail_from is None:
+            envelope.mail_from = address
+        if not envelope.mail_options:
+            envelope.mail_options.extend(params)
+        envelope.size, envelope.body = parsed.size, parsed.body
+        envelope.smtp_utf8, envelope.requiretls = parsed.smtp_utf8, parsed.requiretls
+        envelope.dsn_ret, envelope.dsn_envid = parsed.dsn_ret, parsed.dsn_envid
+        envelope.auth = parsed.auth
+
+    def _mail_policy(self) -> MailPolicy:
+        """What MAIL parameters this connection accepts now (kept until it changes)."""
+        policy = self._policy
+        if (
+            policy is None
+            or policy.tls_active != self._tls_active
+            or policy.size_limit != self.data_size_limit
+            or policy.smtputf8 != self.enable_SMTPUTF8
+        ):
+            policy = self._policy = MailPolicy(
                 size_limit=self.data_size_limit,
                 smtputf8=self.enable_SMTPUTF8,
                 binarymime=not self._decode_data,
                 tls_active=self._tls_active,
-            ),
-        )
-        if isinstance(parsed, Reply):
-            self._reply(parsed)
-            return
-        if not address.isascii() and not parsed.smtp_utf8:
-            self._reply(R.NEED_UTF8)
-            return
-        envelope = self._envelope
-        hook = self._hooks.mail
-        if hook is None:
-            positive = True
-            self._reply(R.MAIL_OK)
-        else:
-            status = await self._run_hook(
-                hook(self, session, envelope, address, params), "handle_MAIL"
             )
-            positive = status[0] == "2"
-        if positive:
-            if envelope.mail_from is None:
-                envelope.mail_from = address
-            if not envelope.mail_options:
-                envelope.mail_options.extend(params)
-            envelope.size, envelope.body = parsed.size, parsed.body
-            envelope.smtp_utf8, envelope.requiretls = parsed.smtp_utf8, parsed.requiretls
-            envelope.dsn_ret, envelope.dsn_envid = parsed.dsn_ret, parsed.dsn_envid
-            envelope.auth = parsed.auth
+        return policy
 
     @syntax("RCPT TO: <address>", extended=" [SP <rcpt-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         """RCPT TO: add a recipient."""
+        pending = self._rcpt(arg)
+        if pending is not None:
+            await pending
+
+    def _rcpt(self, arg: str | None) -> Awaitable[object] | None:
         if self._auth_needed() or not self._sequence_ok(Verb.RCPT):
-            return
+            return None
         session = self.session
         assert session is not None
         usage = "RCPT TO: <address>" + (" [SP <rcpt-parameters>]" if session.extended_smtp else "")
         if not arg or arg[:3].upper() != "TO:":
             self._reply(R.syntax(usage))
-            return
+            return None
         path, params_text = split_path_and_params(arg[3:])
         if params_text and not session.extended_smtp:
             self._reply(R.syntax(usage))
-            return
+            return None
         try:
             address = parse_path(path, allow_null=False, allow_postmaster=True)
             params = parse_params(params_text)
         except PathError:
             self._reply(R.MALFORMED_ADDRESS)
-            return
+            return None
         except ParamError:
             self._reply(R.syntax(usage))
-            return
+            return None
         parsed = rcpt_params(params)
         if isinstance(parsed, Reply):
             self._reply(parsed)
-            return
+            return None
         dsn = RecipientDSN(parsed.notify, parsed.orcpt)
         envelope = self._envelope
         if not address.isascii() and not envelope.smtp_utf8:
             self._reply(R.NEED_UTF8)
-            return
+            return None
         limit = self.limits.max_recipients
         if limit is not None and len(envelope.rcpt_tos) >= limit:
             self._reply(R.TOO_MANY_RECIPIENTS)
-            return
+            return None
         hook = self._hooks.rcpt
-        count = len(envelope.rcpt_tos)
         if hook is None:
-            positive = True
             self._reply(R.RCPT_OK)
-        else:
-            status = await self._run_hook(
-                hook(self, session, envelope, address, params), "handle_RCPT"
-            )
-            positive = status[0] == "2"
-        if positive:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(params)
+            while len(envelope.rcpt_dsn) < len(envelope.rcpt_tos):
+                envelope.rcpt_dsn.append(dsn)
+            return None
+        count = len(envelope.rcpt_tos)
+        return self._rcpt_hooked(
+            hook(self, session, envelope, address, params), envelope, address, params, dsn, count
+        )
+
+    async def _rcpt_hooked(
+        self,
+        awaitable: Awaitable[object],
+        envelope: Envelope,
+        address: str,
+        params: list[str],
+        dsn: RecipientDSN,
+        count: int,
+    ) -> None:
+        if (await self._run_hook(awaitable, "handle_RCPT"))[0] == "2":
             if len(envelope.rcpt_tos) == count:
                 envelope.rcpt_tos.append(address)
                 envelope.rcpt_options.extend(params)
@@ -1284,52 +1485,87 @@ class SMTP(asyncio.BufferedProtocol):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         """DATA: receive the message, up to CRLF.CRLF."""
-        if self._auth_needed():
+        if not self._start_data(arg):
             return
-        if arg:
-            self._reply(R.syntax("DATA"))
-            return
-        if self._bdat_chunks is not None:
-            self._reply(R.BDAT_AFTER_DATA)
-            return
-        if not self._sequence_ok(Verb.DATA):
-            return
-        self._reply(R.ENTER_DATA)
-        self._receiver.start_data(self.limits.max_data_size)
-        self._set_deadline(self.limits.data_timeout)
         try:
             event = await self._next_event()
         finally:
             self._set_deadline(None)
+        pending = self._end_data(event)
+        if pending is not None:
+            await pending
+
+    def _data(self, arg: str | None) -> None:
+        # The content arrives as a later event of the same pass: see _handle_event.
+        self._data_pending = self._start_data(arg)
+
+    def _start_data(self, arg: str | None) -> bool:
+        """Check DATA and answer 354: whether the content is to be read now."""
+        if self._auth_needed():
+            return False
+        if arg:
+            self._reply(R.syntax("DATA"))
+            return False
+        if self._bdat_chunks is not None:
+            self._reply(R.BDAT_AFTER_DATA)
+            return False
+        if not self._sequence_ok(Verb.DATA):
+            return False
+        self._reply(R.ENTER_DATA)
+        self._receiver.start_data(self.limits.max_data_size)
+        self._set_deadline(self.limits.data_timeout)
+        return True
+
+    def _end_data(self, event: Event | None) -> Awaitable[object] | None:
+        """The content of DATA arrived (or, with ``None``, the client left half way)."""
         if not isinstance(event, DataDone):
-            return  # the client went away mid-message: nothing was accepted
+            return None  # the client went away mid-message: nothing was accepted
         if event.raw is None:
             self._refuse_message(event.error or R.DATA_TOO_LARGE)
             self._reset_transaction()
-            return
+            return None
         content = process_content(
             event.raw,
             policy=self.limits.bare_newline,
             line_length_limit=self.limits.line_length_limit,
             unstuff=event.stuffed,
         )
-        await self._finish_message(content)
+        return self._finish(content)
 
     async def _finish_message(self, content: bytes | Reply) -> None:
+        pending = self._finish(content)
+        if pending is not None:
+            await pending
+
+    def _finish(self, content: bytes | Reply) -> Awaitable[object] | None:
+        """Deliver a complete message; what is left to await when a hook takes it."""
+        if isinstance(content, Reply):
+            self._refuse_message(content)
+            self._reset_transaction()
+            return None
+        envelope = self._envelope
+        envelope.original_content = content
+        if self._decode_data:
+            try:
+                envelope.content = content.decode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            except UnicodeDecodeError:
+                self._refuse_message(R.DECODE_ERROR)
+                self._reset_transaction()
+                return None
+        else:
+            envelope.content = content
+        if (
+            self._plain_delivery
+            and self._hooks.data is None
+            and getattr(self.event_handler, "process_message", None) is None
+        ):
+            self._reply(R.OK)
+            self._reset_transaction()
+            return None
+        return self._deliver_and_reset()
+
+    async def _deliver_and_reset(self) -> None:
         try:
-            if isinstance(content, Reply):
-                self._refuse_message(content)
-                return
-            envelope = self._envelope
-            envelope.original_content = content
-            if self._decode_data:
-                try:
-                    envelope.content = content.decode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-                except UnicodeDecodeError:
-                    self._refuse_message(R.DECODE_ERROR)
-                    return
-            else:
-                envelope.content = content
             await self._deliver()
         finally:
             self._reset_transaction()
