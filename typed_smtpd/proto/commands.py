@@ -92,6 +92,11 @@ def split_path_and_params(arg: str) -> tuple[str, str]:
     quoted local parts, so a plain split on the first space is wrong)."""
     arg = arg.lstrip()
     if arg.startswith("<"):
+        if '"' not in arg:  # no quoted local part: the path ends at the first ">"
+            end = arg.find(">")
+            if end < 0:
+                return arg, ""
+            return arg[: end + 1], arg[end + 1 :].strip()
         in_quotes = False
         escaped = False
         for index, char in enumerate(arg):

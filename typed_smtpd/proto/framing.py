@@ -285,7 +285,8 @@ class Receiver:
                 self._scan = hit + 2  # undecided until two more octets arrive
                 break
             if buf[hit + 3] == 13 and buf[hit + 4] == 10:  # CR LF: the terminator
-                raw = bytes(buf[: hit + 2])
+                with memoryview(buf) as view:  # one copy (slicing the bytearray makes two)
+                    raw = bytes(view[: hit + 2])
                 del buf[: hit + 5]
                 return self._finish_data(raw)
             self._stuffed = True
@@ -323,7 +324,8 @@ class Receiver:
             return ChunkDone(None)
         if len(buf) < remaining:
             return NEED_DATA
-        chunk = bytes(buf[:remaining])
+        with memoryview(buf) as view:
+            chunk = bytes(view[:remaining])
         del buf[:remaining]
         self._mode = Mode.COMMAND
         return ChunkDone(chunk)

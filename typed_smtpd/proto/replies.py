@@ -11,7 +11,7 @@ No I/O here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
@@ -110,6 +110,9 @@ class Reply:
     code: int
     text: str = "OK"
     enhanced: str | None = None
+    # Both wire forms, rendered once: most replies are module constants sent again and again.
+    _wire: bytes = field(init=False, repr=False, compare=False)
+    _wire_enhanced: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -121,6 +124,13 @@ class Reply:
                 raise ValueError(f"malformed enhanced status code: {self.enhanced!r}")
             if int(self.enhanced[0]) != self.code // 100:
                 raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
+        plain = f"{self.code} {self.text}\r\n".encode()
+        object.__setattr__(self, "_wire", plain)
+        if self.enhanced is None:
+            object.__setattr__(self, "_wire_enhanced", plain)
+        else:
+            wire = f"{self.code} {self.enhanced} {self.text}\r\n".encode()
+            object.__setattr__(self, "_wire_enhanced", wire)
 
     @property
     def positive(self) -> bool:
@@ -135,7 +145,7 @@ class Reply:
 
     def render(self, *, enhanced: bool = True) -> bytes:
         """The reply as wire bytes, CRLF included (UTF-8: reply text is ASCII in practice)."""
-        return (self.line(enhanced=enhanced) + "\r\n").encode("utf-8")
+        return self._wire_enhanced if enhanced else self._wire
 
     def with_text(self, text: str) -> Reply:
         """The same codes with other text."""

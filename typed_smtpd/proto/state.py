@@ -44,6 +44,9 @@ __all__ = [
 class State(Enum):
     """Where a connection stands in the dialog."""
 
+    # Members are singletons: identity hashing keeps the transition lookups in C.
+    __hash__ = object.__hash__
+
     #: Greeting sent; no HELO, EHLO or LHLO accepted yet.
     GREETED = "greeted"
     #: Client identified itself; no transaction open.
@@ -58,6 +61,9 @@ class State(Enum):
 
 class Verb(Enum):
     """The commands whose sequencing RFC 5321, 3030, 3207 and 4954 define."""
+
+    # Members are singletons: identity hashing keeps the transition lookups in C.
+    __hash__ = object.__hash__
 
     HELO = "HELO"
     EHLO = "EHLO"
