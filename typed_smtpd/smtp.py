@@ -417,6 +417,7 @@ class SMTP(asyncio.BufferedProtocol):
         self._bdat_size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once connected
         self._deadline: float | None = None
         self._busy = False
         self._busy_since = 0.0
@@ -484,7 +485,8 @@ class SMTP(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: start its session (or refuse it when the server is full)."""
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
+        self._clock = loop.time
         self.transport = transport
         session = self.session = self._create_session()
         session.peer = transport.get_extra_info("peername")
@@ -523,7 +525,7 @@ class SMTP(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         """Buffer what the client sent and let the command processing take it from there."""
         self._receiver.receive_data(data)
-        self._last_activity = self.loop.time()
+        self._last_activity = self._clock()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -646,7 +648,17 @@ class SMTP(asyncio.BufferedProtocol):
         return self._enhanced and self.session is not None and self.session.extended_smtp
 
     def _reply(self, reply: Reply) -> None:
-        self._queue(_render(reply, self._use_enhanced))
+        # _queue, specialised: a Reply is one line, final unless it is a 3xx.
+        session = self.session
+        data = reply.render(
+            enhanced=self._enhanced and session is not None and session.extended_smtp
+        )
+        if not 300 <= reply.code < 400:
+            self._final_replies += 1
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size > _OUT_FLUSH:
+            self._flush()
 
     def _queue(self, data: bytes) -> None:
         # Count final replies (not "334" challenges, not "250-" continuation lines), so a
@@ -908,8 +920,13 @@ class SMTP(asyncio.BufferedProtocol):
                 self._reply(R.call_limit_exceeded(verb))
                 self._close()
                 return None
-        if self._bdat_chunks is not None and verb not in _ALLOWED_IN_BDAT:
-            # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
+        if (
+            self._bdat_chunks is not None
+            and verb not in _ALLOWED_IN_BDAT
+            and verb in self._commands
+        ):
+            # Between BDAT chunks only what the state table allows (RFC 3030 section 2); an
+            # unknown verb is still just unknown (500, and counted as such).
             if verb == "DATA":
                 self._reply(R.BDAT_AFTER_DATA)
             else:
