@@ -795,7 +795,10 @@ class SMTP(asyncio.BufferedProtocol):
                         self._partial_since = self.loop.time()
                     return
                 self._partial_since = None
-                pending = self._handle_event(event)
+                if type(event) is Line:
+                    pending = self._dispatch(event)
+                else:
+                    pending = self._handle_event(event)
                 if pending is not None:
                     self._start_pass(pending)
                     return
@@ -905,7 +908,10 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.BAD_SYNTAX)
             self._count_bogus()
             return None
-        if line.size > self.limits.command_limit(verb, extended=session.extended_smtp):
+        limits = self.limits
+        if line.size > limits.command_size_limit and line.size > limits.command_limit(
+            verb, extended=session.extended_smtp
+        ):
             self._reply(R.COMMAND_TOO_LONG)
             self._count_bogus()
             return None
@@ -1045,6 +1051,12 @@ class SMTP(asyncio.BufferedProtocol):
         self.envelope = self._create_envelope()
         self._bdat_chunks = None
         self._bdat_size = 0
+
+    def _usage(self, usage: str, extended: str) -> None:
+        """Answer 501 with the command's syntax (its ESMTP parameters only after EHLO)."""
+        if self.session is not None and self.session.extended_smtp:
+            usage += extended
+        self._reply(R.syntax(usage))
 
     def _auth_needed(self) -> bool:
         if self._auth_required and not (self.session and self.session.authenticated):
@@ -1343,15 +1355,12 @@ class SMTP(asyncio.BufferedProtocol):
             return None
         session = self.session
         assert session is not None
-        usage = "MAIL FROM: <address>" + (
-            " [SP <mail-parameters>]" if session.extended_smtp else ""
-        )
         if not arg or arg[:5].upper() != "FROM:":
-            self._reply(R.syntax(usage))
+            self._usage("MAIL FROM: <address>", " [SP <mail-parameters>]")
             return None
         path, params_text = split_path_and_params(arg[5:])
         if params_text and not session.extended_smtp:
-            self._reply(R.syntax(usage))
+            self._usage("MAIL FROM: <address>", " [SP <mail-parameters>]")
             return None
         try:
             address = parse_path(path, allow_null=True)
@@ -1360,7 +1369,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.MALFORMED_ADDRESS)
             return None
         except ParamError:
-            self._reply(R.syntax(usage))
+            self._usage("MAIL FROM: <address>", " [SP <mail-parameters>]")
             return None
         if (
             self.limits.local_part_limit
@@ -1438,13 +1447,12 @@ class SMTP(asyncio.BufferedProtocol):
             return None
         session = self.session
         assert session is not None
-        usage = "RCPT TO: <address>" + (" [SP <rcpt-parameters>]" if session.extended_smtp else "")
         if not arg or arg[:3].upper() != "TO:":
-            self._reply(R.syntax(usage))
+            self._usage("RCPT TO: <address>", " [SP <rcpt-parameters>]")
             return None
         path, params_text = split_path_and_params(arg[3:])
         if params_text and not session.extended_smtp:
-            self._reply(R.syntax(usage))
+            self._usage("RCPT TO: <address>", " [SP <rcpt-parameters>]")
             return None
         try:
             address = parse_path(path, allow_null=False, allow_postmaster=True)
@@ -1453,7 +1461,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.MALFORMED_ADDRESS)
             return None
         except ParamError:
-            self._reply(R.syntax(usage))
+            self._usage("RCPT TO: <address>", " [SP <rcpt-parameters>]")
             return None
         parsed = rcpt_params(params)
         if isinstance(parsed, Reply):

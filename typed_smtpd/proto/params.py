@@ -60,6 +60,11 @@ class RcptParams:
     orcpt: str | None = None
 
 
+#: What no parameters at all mean (most commands have none; both records are immutable).
+_NO_MAIL_PARAMS: Final = MailParams()
+_NO_RCPT_PARAMS: Final = RcptParams()
+
+
 def _split(params: list[str], usage: str) -> list[tuple[str, bool, str]] | Reply:
     seen: set[str] = set()
     result = []
@@ -82,6 +87,8 @@ def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
     >>> mail_params(["SIZE=1000"], MailPolicy(size_limit=100)).code
     552
     """
+    if not params:
+        return _NO_MAIL_PARAMS
     split = _split(params, _MAIL_USAGE)
     if isinstance(split, Reply):
         return split
@@ -146,6 +153,8 @@ def rcpt_params(params: list[str]) -> RcptParams | Reply:
     >>> rcpt_params(["NOTIFY=success,delay", "ORCPT=rfc822;a+40b.test"])
     RcptParams(notify=('SUCCESS', 'DELAY'), orcpt='rfc822;a@b.test')
     """
+    if not params:
+        return _NO_RCPT_PARAMS
     split = _split(params, _RCPT_USAGE)
     if isinstance(split, Reply):
         return split
