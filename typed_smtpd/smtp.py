@@ -119,6 +119,8 @@ _REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
 _ALLOWED_IN_BDAT: Final = frozenset(
     verb.value for verb in allowed_verbs(State.IN_BDAT) if verb is not Verb.BDAT_LAST
 ) | {"BDAT"}
+#: The DSN record of a recipient without NOTIFY or ORCPT (immutable, so shared).
+_NO_DSN: Final = RecipientDSN()
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
 
 #: The deprecated ``auth_callback(mechanism, login, password) -> bool``.
@@ -1467,7 +1469,11 @@ class SMTP(asyncio.BufferedProtocol):
         if isinstance(parsed, Reply):
             self._reply(parsed)
             return None
-        dsn = RecipientDSN(parsed.notify, parsed.orcpt)
+        dsn = (
+            _NO_DSN
+            if not parsed.notify and parsed.orcpt is None
+            else RecipientDSN(parsed.notify, parsed.orcpt)
+        )
         envelope = self._envelope
         if not address.isascii() and not envelope.smtp_utf8:
             self._reply(R.NEED_UTF8)

@@ -240,12 +240,16 @@ class Receiver:
         if size > limit:
             del buf[:size]
             return BadLine(too_long)
-        raw = bytes(buf[:end])
-        del buf[:size]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        elif self.policy == "reject":
-            return BadLine(BAD_LINE_ENDING)
+        if end and buf[end - 1] == 13:  # CRLF, as it should be
+            raw = bytes(buf[: end - 1])
+            del buf[:size]
+            if raw.isascii() and b"\r" not in raw and b"\x00" not in raw:
+                return Line(raw.decode("ascii"), size)
+        else:
+            raw = bytes(buf[:end])
+            del buf[:size]
+            if self.policy == "reject":
+                return BadLine(BAD_LINE_ENDING)
         if b"\x00" in raw:
             return BadLine(NUL_IN_COMMAND)
         if b"\r" in raw:
