@@ -84,27 +84,27 @@ def longest_line(content: bytes) -> int:
 def has_long_line(content: bytes, limit: int) -> bool:
     """True when a line of ``content`` is longer than ``limit`` octets, CRLF included.
 
-    Looks at windows of ``limit // 2`` octets: any line that long holds a whole window without
-    an LF, so only such windows are measured exactly. Ordinary mail costs one ``find`` (a
-    ``memchr``) per window instead of one object per line.
+    Jumps from line start to line start by the last LF within ``limit`` octets (one ``rfind``,
+    a backwards ``memchr``, per ``limit`` octets of ordinary mail): a window of ``limit``
+    octets without any LF is a line that is too long.
     """
-    if len(content) + 2 <= limit:  # even an unterminated line this short is within it
-        return False
-    step = max(limit // 2, 1)
-    find, rfind = content.find, content.rfind
     end = len(content)
+    if end + 2 <= limit:  # even an unterminated line this short is within it
+        return False
+    rfind = content.rfind
     start = 0
     while start < end:
-        if find(b"\n", start, start + step) >= 0:
-            start += step
-            continue
-        line_start = rfind(b"\n", 0, start) + 1
-        line_end = find(b"\n", start)
-        if line_end < 0:  # an unterminated last line (BDAT) counts as if CRLF followed
-            return end - line_start + 2 > limit
-        if line_end + 1 - line_start > limit:
+        stop = start + limit
+        if stop >= end:
+            # What is left is shorter than the limit: only an unterminated last line (BDAT),
+            # which counts as if CRLF followed, can still be too long.
+            last = rfind(b"\n", start)
+            tail = end - (last + 1 if last >= 0 else start)
+            return tail > 0 and tail + 2 > limit
+        last = rfind(b"\n", start, stop)
+        if last < 0:
             return True
-        start = line_end + 1
+        start = last + 1
     return False
 
 
