@@ -173,6 +173,46 @@ _READ_SIZE: Final = 1 << 16
 _thread_state = threading.local()
 
 
+class _WriteBatch:
+    """The replies of a thread's connections, written together at the end of a loop turn.
+
+    When several connections are open, the replies produced while the event loop works through
+    one turn's ready sockets are written in one burst at the start of the next turn instead of
+    one by one between reads: the peers are woken together, and the engine's code stays hot in
+    the CPU's caches while it reads. A lone connection is answered at once (no extra loop turn
+    on its round trips).
+    """
+
+    __slots__ = ("live", "loop", "pending")
+
+    def __init__(self) -> None:
+        #: Open connections served by this thread.
+        self.live = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[SMTP] = []
+
+    def defer(self, connection: SMTP) -> None:
+        loop = connection.loop
+        if loop is not self.loop:
+            # Another event loop in this thread: what an earlier, stopped one left is moot.
+            self.loop, self.pending = loop, []
+        if not self.pending:
+            loop.call_soon(self.flush)
+        self.pending.append(connection)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for connection in pending:
+            connection._flush()
+
+
+def _write_batch() -> _WriteBatch:
+    batch: _WriteBatch | None = getattr(_thread_state, "batch", None)
+    if batch is None:
+        batch = _thread_state.batch = _WriteBatch()
+    return batch
+
+
 def _read_buffer() -> memoryview:
     view: memoryview | None = getattr(_thread_state, "view", None)
     if view is None:
@@ -420,6 +460,7 @@ class SMTP(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once connected
+        self._batch: _WriteBatch | None = None  # set while connected
         self._deadline: float | None = None
         self._busy = False
         self._busy_since = 0.0
@@ -505,6 +546,8 @@ class SMTP(asyncio.BufferedProtocol):
             return
         self._last_activity = self.loop.time()
         self._timer = self.loop.call_later(self.limits.timeout, self._on_timer)
+        batch = self._batch = _write_batch()
+        batch.live += 1
         if self._proxy_timeout is not None:
             self._start_pass()  # the PROXY header comes before the greeting
             return
@@ -557,6 +600,9 @@ class SMTP(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: free its slot and timer, and stop waiting for input."""
         self._closed = True
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            batch.live -= 1
         if exc is not None:
             log.info("%r connection lost: %s", self.session.peer if self.session else None, exc)
         if self.connection_tracker is not None:
@@ -789,7 +835,12 @@ class SMTP(asyncio.BufferedProtocol):
                 if event is NEED_DATA:
                     if self._eof:
                         break
-                    self._flush()
+                    if self._out:
+                        batch = self._batch
+                        if batch is not None and batch.live > 1:
+                            batch.defer(self)
+                        else:
+                            self._flush()
                     if self._write_paused:
                         self._start_pass()  # the task waits for the client to catch up
                     elif self._partial_since is None and receiver.partial:

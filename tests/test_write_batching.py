@@ -1,0 +1,152 @@
+"""Replies written in bursts: a lone connection is answered at once, busy servers batch per turn.
+
+These drive the engine with an in-memory transport, so the moment each write happens is visible.
+Each test runs its event loop in a thread of its own: the batching state belongs to a thread,
+and connections left open by other tests in this process must not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from typed_smtpd.handlers import Sink
+from typed_smtpd.smtp import SMTP
+
+
+class MemoryTransport(asyncio.Transport):
+    """Records every write; nothing leaves the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 2525) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def text(self) -> str:
+        return b"".join(self.writes).decode()
+
+
+T = TypeVar("T")
+
+
+def in_fresh_thread(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` with ``asyncio.run`` in a new thread, and return its result."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result(timeout=30)
+
+
+def connect() -> tuple[SMTP, MemoryTransport]:
+    server = SMTP(Sink(), hostname="batch.test")
+    transport = MemoryTransport()
+    server.connection_made(transport)
+    return server, transport
+
+
+def close(server: SMTP, transport: MemoryTransport) -> None:
+    transport.close()
+    server.connection_lost(None)
+
+
+def test_a_lone_connection_is_answered_inside_the_read_callback() -> None:
+    async def main() -> None:
+        server, transport = connect()
+        assert transport.text().startswith("220 batch.test")
+        transport.writes.clear()
+        server.data_received(b"EHLO client.test\r\nNOOP\r\n")
+        # No loop turn has passed: the replies went out with the read that asked for them.
+        assert transport.text().endswith("250 HELP\r\n250 2.0.0 OK\r\n")
+        assert len(transport.writes) == 1
+        close(server, transport)
+
+    in_fresh_thread(main)
+
+
+def test_replies_of_several_connections_leave_together_on_the_next_turn() -> None:
+    async def main() -> None:
+        (first, one), (second, two) = connect(), connect()
+        one.writes.clear()
+        two.writes.clear()
+        first.data_received(b"HELO one.test\r\n")
+        second.data_received(b"HELO two.test\r\nNOOP\r\n")
+        assert one.writes == [] and two.writes == []
+        await asyncio.sleep(0)
+        assert one.text() == "250 batch.test\r\n"
+        assert two.text() == "250 batch.test\r\n250 OK\r\n"
+        assert len(two.writes) == 1  # both replies of a connection in one write
+        # With the other connection gone, the one left is answered at once again.
+        close(second, two)
+        one.writes.clear()
+        first.data_received(b"NOOP\r\n")
+        assert one.text() == "250 OK\r\n"
+        close(first, one)
+
+    in_fresh_thread(main)
+
+
+def test_a_batched_reply_precedes_what_a_closing_command_writes() -> None:
+    async def main() -> None:
+        (first, one), (second, two) = connect(), connect()
+        one.writes.clear()
+        first.data_received(b"HELO one.test\r\n")
+        first.data_received(b"QUIT\r\n")  # closes: everything queued is written first, in order
+        assert one.text() == "250 batch.test\r\n221 Bye\r\n"
+        assert one.closing
+        await asyncio.sleep(0)
+        assert one.text() == "250 batch.test\r\n221 Bye\r\n"  # nothing written twice
+        close(first, one)
+        close(second, two)
+
+    in_fresh_thread(main)
+
+
+def test_a_batch_left_by_a_stopped_loop_does_not_hold_up_the_next_loop() -> None:
+    async def leave_a_batch() -> list[tuple[SMTP, MemoryTransport]]:
+        pairs = [connect(), connect()]
+        pairs[0][0].data_received(b"NOOP\r\n")  # deferred to a turn this loop never takes
+        return pairs
+
+    async def serve_two() -> tuple[str, str]:
+        (first, one), (second, two) = connect(), connect()
+        one.writes.clear()
+        two.writes.clear()
+        first.data_received(b"NOOP\r\n")
+        second.data_received(b"NOOP\r\n")
+        await asyncio.sleep(0)
+        replies = one.text(), two.text()
+        close(first, one)
+        close(second, two)
+        return replies
+
+    def two_loops() -> tuple[str, str]:
+        old = asyncio.new_event_loop()
+        try:
+            left = old.run_until_complete(leave_a_batch())
+        finally:
+            old.close()
+        replies = asyncio.run(serve_two())
+        for server, transport in left:
+            close(server, transport)
+        return replies
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(two_loops).result(timeout=30) == ("250 OK\r\n", "250 OK\r\n")
