@@ -119,6 +119,11 @@ _REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
 _ALLOWED_IN_BDAT: Final = frozenset(
     verb.value for verb in allowed_verbs(State.IN_BDAT) if verb is not Verb.BDAT_LAST
 ) | {"BDAT"}
+#: The limits of a server's connections: immutable, so one record serves all of them.
+_shared_limits: Final = functools.lru_cache(maxsize=64)(Limits)
+_NO_COUNTS: Final[collections.Counter[str]] = collections.Counter()
+#: The greeting of a server (a Reply is immutable; building one validates and renders it).
+_greeting: Final = functools.lru_cache(maxsize=16)(R.greeting)
 #: The DSN record of a recipient without NOTIFY or ORCPT (immutable, so shared).
 _NO_DSN: Final = RecipientDSN()
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
@@ -380,7 +385,7 @@ class SMTP(asyncio.BufferedProtocol):
             if tls_context.check_hostname:
                 log.warning("tls_context.check_hostname is set: it has no meaning on a server")
         self.require_starttls: bool = tls_context is not None and require_starttls
-        self.limits: Limits = Limits(
+        self.limits: Limits = _shared_limits(
             data_size_limit=data_size_limit,
             command_size_limit=type(self).command_size_limit,
             line_length_limit=type(self).line_length_limit,
@@ -417,7 +422,9 @@ class SMTP(asyncio.BufferedProtocol):
                 log.warning("proxy_protocol_timeout below 3 s may cut off slow proxies")
         self._proxy_timeout = proxy_protocol_timeout
         # Parsed once here: a bad network is a clear ValueError when the server is built.
-        self._proxy_trusted = parse_trusted_networks(proxy_trusted_networks or ())
+        self._proxy_trusted = (
+            parse_trusted_networks(proxy_trusted_networks) if proxy_trusted_networks else ()
+        )
         self._enhanced = enhanced_status_codes
         self.connection_tracker: ConnectionTracker | None = connection_tracker
         self._mechanisms = self._collect_mechanisms()
@@ -454,7 +461,10 @@ class SMTP(asyncio.BufferedProtocol):
         self._bogus = 0
         self._auth_failures = 0
         self._final_replies = 0
-        self._call_counts: collections.Counter[str] = collections.Counter()
+        # Only counted under a call limit (an empty, never-written Counter otherwise).
+        self._call_counts: collections.Counter[str] = (
+            _NO_COUNTS if self._call_limits is None else collections.Counter()
+        )
         self._bdat_chunks: list[bytes] | None = None
         self._bdat_size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -552,7 +562,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._start_pass()  # the PROXY header comes before the greeting
             return
         self._greeted = True
-        self._reply(R.greeting(self.hostname, self._ident))
+        self._reply(_greeting(self.hostname, self._ident))
         self._flush()
 
     # The event loop reads straight into a buffer shared by the connections of its thread
@@ -886,7 +896,7 @@ class SMTP(asyncio.BufferedProtocol):
                 if self._proxy_timeout is not None and not await self._read_proxy_header():
                     self._close()
                     return
-                self._reply(R.greeting(self.hostname, self._ident))
+                self._reply(_greeting(self.hostname, self._ident))
             while not self._closed:
                 if pending is None:
                     event = receiver.next_event()
