@@ -471,6 +471,7 @@ class SMTP(asyncio.BufferedProtocol):
         self._last_activity = 0.0
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once connected
         self._batch: _WriteBatch | None = None  # set while connected
+        self._read_view = _read_buffer()
         self._deadline: float | None = None
         self._busy = False
         self._busy_since = 0.0
@@ -540,6 +541,7 @@ class SMTP(asyncio.BufferedProtocol):
         """A client connected: start its session (or refuse it when the server is full)."""
         self.loop = loop = asyncio.get_running_loop()
         self._clock = loop.time
+        self._read_view = _read_buffer()  # the buffer of the thread that runs the loop
         self.transport = transport
         session = self.session = self._create_session()
         session.peer = transport.get_extra_info("peername")
@@ -571,11 +573,11 @@ class SMTP(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """Where the event loop reads the next bytes to (shared by the thread's connections)."""
-        return _read_buffer()
+        return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` arrived in the read buffer: hand them to :meth:`data_received`."""
-        self.data_received(_read_buffer()[:nbytes])
+        self.data_received(self._read_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Buffer what the client sent and let the command processing take it from there."""
@@ -962,7 +964,7 @@ class SMTP(asyncio.BufferedProtocol):
     def _dispatch(self, line: Line) -> Awaitable[object] | None:
         """Run one command line; what is left to await, if anything."""
         command = parse_command(line.text)
-        verb = command.verb
+        verb, arg = command.verb, command.arg
         session = self.session
         assert session is not None
         if log.isEnabledFor(logging.DEBUG):
@@ -979,9 +981,9 @@ class SMTP(asyncio.BufferedProtocol):
             self._count_bogus()
             return None
         if self._tls_refused and verb != "QUIT":
-            return self._refuse(verb, command.arg, R.SECURITY_REFUSED)
+            return self._refuse(verb, arg, R.SECURITY_REFUSED)
         if self.require_starttls and not self._tls_active and verb not in ALLOWED_BEFORE_STARTTLS:
-            return self._refuse(verb, command.arg, R.STARTTLS_FIRST)
+            return self._refuse(verb, arg, R.STARTTLS_FIRST)
         if self._call_limits is not None:
             self._call_counts[verb] += 1
             limit = self._call_limits.get(verb, self._call_limits["*"])
@@ -1005,7 +1007,7 @@ class SMTP(asyncio.BufferedProtocol):
         fast = self._fast.get(verb)
         if fast is not None:
             try:
-                pending = fast(self, command.arg)
+                pending = fast(self, arg)
             except Exception as error:
                 return self._handle_error(error)
             return None if pending is None else self._guard(pending)
@@ -1014,7 +1016,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.unrecognized(verb))
             self._count_bogus()
             return None
-        return self._guard(method(self, command.arg))
+        return self._guard(method(self, arg))
 
     def _refuse(self, verb: str, arg: str | None, reply: Reply) -> Awaitable[object] | None:
         """Refuse a command before it runs; a refused BDAT still has its chunk read (and
