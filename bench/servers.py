@@ -43,14 +43,14 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.Protocol]:
+def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.BaseProtocol]:
     """Build typed_smtpd's protocol factory, with one connection tracker for the listener."""
     from typed_smtpd import smtp
 
     tracker = smtp.ConnectionTracker(max_connections=max_connections)
     handler = Sink()
 
-    def factory() -> asyncio.Protocol:
+    def factory() -> asyncio.BaseProtocol:
         protocol = smtp.SMTP(handler, hostname=HOSTNAME, timeout=timeout)
         protocol.connection_tracker = tracker
         return protocol
