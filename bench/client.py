@@ -1,11 +1,15 @@
-"""The benchmark's own SMTP client, on raw asyncio streams.
+"""The benchmark's own SMTP client, on asyncio.
 
 It drives the workloads a C client cannot (idle connections, pipelined transactions) and gives a
-second opinion on the others. Every loop has a fixed bound and every run a timeout (the caller's
-``wait_for`` around the whole workload: a timer per reply would cost the client more than some
-servers spend on the command); any reply other than the expected one raises ``ClientError``, so
-a run that finishes is a run where the server accepted every message. Nothing here knows which
-server it talks to, and nothing here measures the server: the harness (run.py) does that.
+second opinion on the others. Sessions that send mail are ``asyncio.Protocol`` state machines:
+each reply is checked and answered inside the read callback, with no task or coroutine per
+reply, so that the client costs less than the servers it measures; idle sessions use streams.
+
+Every loop has a fixed bound and every run a timeout (the caller's ``wait_for`` around the whole
+workload: a timer per reply would cost the client more than some servers spend on the command).
+Any reply other than the expected one raises ``ClientError``, so a run that finishes is a run
+where the server accepted every message. Nothing here knows which server it talks to, and
+nothing here measures the server: the harness (run.py) does that.
 
 Command line, for a manual run: ``python bench/client.py PORT KIND [options]`` where KIND is
 ``messages``, ``churn`` or ``idle``; see ``--help``.
@@ -111,22 +115,104 @@ async def close_session(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 ENVELOPE = (b"MAIL FROM:<bench@bench>\r\n", b"RCPT TO:<sink@bench>\r\n", b"DATA\r\n")
 
+#: One exchange of a session: what to write once the previous reply is in (``b""`` for nothing,
+#: when the command was pipelined), and the reply code that must come back.
+Step = tuple[bytes, bytes]
 
-async def transaction(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: bytes, pipelined: bool
-) -> None:
-    """One MAIL/RCPT/DATA transaction; pipelined sends the three commands in one write."""
+
+def session_plan(message: bytes, count: int, pipelined: bool) -> list[Step]:
+    """Everything one session does after the greeting: EHLO, ``count`` messages, QUIT."""
     if pipelined:
-        writer.write(b"".join(ENVELOPE))
-        await read_reply(reader, b"250")
-        await read_reply(reader, b"250")
-        await read_reply(reader, b"354")
+        transaction = [(b"".join(ENVELOPE), b"250"), (b"", b"250"), (b"", b"354")]
     else:
-        for command, code in zip(ENVELOPE, (b"250", b"250", b"354"), strict=True):
-            writer.write(command)
-            await read_reply(reader, code)
-    writer.write(message)
-    await read_reply(reader, b"250")
+        transaction = list(zip(ENVELOPE, (b"250", b"250", b"354"), strict=True))
+    plan: list[Step] = [(b"EHLO client.bench\r\n", b"250")]
+    for _ in range(count):
+        plan.extend(transaction)
+        plan.append((message, b"250"))
+    plan.append((b"QUIT\r\n", b"221"))
+    return plan
+
+
+class PlannedSession(asyncio.Protocol):
+    """One connection that works through a plan, checking each reply as it arrives."""
+
+    def __init__(self, plan: list[Step], done: asyncio.Future[bool]) -> None:
+        self.plan = plan
+        self.done = done
+        self.next = -1  # the step whose reply is awaited; -1: the greeting
+        self.buffer = b""
+        self.pipelining = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        start = 0
+        while True:
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            line = buffer[start:end]
+            start = end + 2
+            if line[3:4] == b"-":  # a continuation line (EHLO's extensions)
+                if line[4:14].upper() == b"PIPELINING":
+                    self.pipelining = True
+                continue
+            if line[4:14].upper() == b"PIPELINING":
+                self.pipelining = True
+            if not self._reply(line):
+                return
+        self.buffer = buffer[start:]
+
+    def _reply(self, line: bytes) -> bool:
+        """Check one complete reply and send what comes next; False once the session is over."""
+        index = self.next
+        expect = b"220" if index < 0 else self.plan[index][1]
+        if line[:3] != expect:
+            self._fail(ClientError(f"expected {expect.decode()}, got {line!r}"))
+            return False
+        index += 1
+        if index == len(self.plan):
+            self.next = index
+            if not self.done.done():
+                self.done.set_result(self.pipelining)
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        self.next = index
+        write = self.plan[index][0]
+        if write:
+            assert self.transport is not None
+            self.transport.write(write)
+        return True
+
+    def _fail(self, error: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            where = "the greeting" if self.next < 0 else f"step {self.next} of {len(self.plan)}"
+            self.done.set_exception(ClientError(f"connection closed before {where}: {exc!r}"))
+
+
+async def run_session(port: int, plan: list[Step]) -> bool:
+    """Connect and work through ``plan``; whether the server advertised PIPELINING."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+    transport, _ = await asyncio.wait_for(
+        loop.create_connection(lambda: PlannedSession(plan, done), HOST, port), CONNECT_TIMEOUT
+    )
+    try:
+        return await done
+    finally:
+        transport.close()
 
 
 async def messages(
@@ -138,15 +224,7 @@ async def messages(
     advertised = []
 
     async def one(share: int) -> None:
-        reader, writer, pipelining = await open_session(port)
-        advertised.append(pipelining)
-        try:
-            for _ in range(share):
-                await transaction(reader, writer, message, pipelined)
-        except BaseException:
-            writer.close()
-            raise
-        await close_session(reader, writer)
+        advertised.append(await run_session(port, session_plan(message, share, pipelined)))
 
     start = time.perf_counter()
     await gather_all(one(share) for share in shares)
@@ -162,18 +240,12 @@ async def messages(
 
 async def churn(port: int, *, connections: int, concurrency: int, size: int) -> Outcome:
     """``connections`` short sessions (EHLO, one message, QUIT), ``concurrency`` at a time."""
-    message = make_message(size)
+    plan = session_plan(make_message(size), 1, pipelined=False)
     todo = iter(range(connections))
 
     async def worker() -> None:
         for _ in todo:
-            reader, writer, _pipelining = await open_session(port)
-            try:
-                await transaction(reader, writer, message, pipelined=False)
-            except BaseException:
-                writer.close()
-                raise
-            await close_session(reader, writer)
+            await run_session(port, plan)
 
     start = time.perf_counter()
     await gather_all(worker() for _ in range(min(concurrency, connections)))
