@@ -212,6 +212,8 @@ class Receiver:
     def next_event(self) -> Event | _NeedData:
         """The next complete event, or :data:`NEED_DATA`."""
         mode = self._mode
+        if not self._buf and mode is not Mode.BDAT:  # only a BDAT chunk can be empty
+            return NEED_DATA
         if mode is Mode.COMMAND:
             return self._next_line(self.max_line, COMMAND_TOO_LONG)
         if mode is Mode.DATA:
