@@ -138,7 +138,11 @@ AuthenticatorType = Callable[
 CommandMethod = Callable[["SMTP", "str | None"], Awaitable[None]]
 #: The synchronous form of a built-in command: it answers at once and returns ``None``, or
 #: returns what is left to await (a handler hook) when the command cannot finish without it.
-_FastCommand = Callable[["SMTP", "str | None"], "Awaitable[object] | None"]
+_FastCommand = Callable[["SMTP", "str | None"], "_Later | None"]
+#: What a command leaves to do when a hook must be awaited: nothing of it (not even the hook's
+#: coroutine) exists until the connection's task calls it, so a connection that ends before the
+#: task runs leaves no coroutine behind un-awaited.
+_Later = Callable[[], Awaitable[object]]
 #: The commands that have a synchronous form, used while a class keeps their ``smtp_<VERB>``.
 _FAST_VERBS: Final = ("HELO", "EHLO", "NOOP", "QUIT", "RSET", "MAIL", "RCPT", "DATA")
 _C = TypeVar("_C", bound=Callable[..., Any])
@@ -875,7 +879,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.INTERNAL_ERROR)
         self._close()
 
-    def _start_pass(self, pending: Awaitable[object] | None = None) -> None:
+    def _start_pass(self, pending: _Later | None = None) -> None:
         """Go on as a task that awaits ``pending`` first and ends when the input runs dry.
 
         From Python 3.12 the task starts eagerly: a hook that answers at once is answered
@@ -889,7 +893,7 @@ class SMTP(asyncio.BufferedProtocol):
         if not task.done():
             self._task = task
 
-    async def _run_pass(self, pending: Awaitable[object] | None = None) -> None:
+    async def _run_pass(self, pending: _Later | None = None) -> None:
         self._set_busy(True)
         receiver = self._receiver
         try:
@@ -912,7 +916,7 @@ class SMTP(asyncio.BufferedProtocol):
                     self._partial_since = None
                     pending = self._handle_event(event)
                 if pending is not None:
-                    await pending
+                    await pending()
                     pending = None
                 if self._shutdown_requested and self._state() in (State.GREETED, State.READY):
                     self._reply(R.SHUTTING_DOWN)
@@ -925,7 +929,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.INTERNAL_ERROR)
         self._close()
 
-    def _handle_event(self, event: Event) -> Awaitable[object] | None:
+    def _handle_event(self, event: Event) -> _Later | None:
         """Act on one event; what is left to await, if anything."""
         if isinstance(event, Line):
             return self._dispatch(event)
@@ -940,16 +944,16 @@ class SMTP(asyncio.BufferedProtocol):
             try:
                 pending = self._end_data(event)
             except Exception as error:
-                return self._handle_error(error)
-            return None if pending is None else self._guard(pending)
+                return functools.partial(self._handle_error, error)
+            return None if pending is None else functools.partial(self._guard, pending)
         raise AssertionError(  # pragma: no cover - only the command methods switch modes
             f"unexpected event outside DATA/BDAT: {event!r}"
         )
 
-    async def _guard(self, pending: Awaitable[object]) -> None:
-        """Await what a command left to await; an error in it is answered, not raised."""
+    async def _guard(self, pending: _Later) -> None:
+        """Do what a command left to do; an error in it is answered, not raised."""
         try:
-            await pending
+            await pending()
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -961,7 +965,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.TOO_MANY_UNRECOGNIZED)
             self._close()
 
-    def _dispatch(self, line: Line) -> Awaitable[object] | None:
+    def _dispatch(self, line: Line) -> _Later | None:
         """Run one command line; what is left to await, if anything."""
         command = parse_command(line.text)
         verb, arg = command.verb, command.arg
@@ -1009,16 +1013,16 @@ class SMTP(asyncio.BufferedProtocol):
             try:
                 pending = fast(self, arg)
             except Exception as error:
-                return self._handle_error(error)
-            return None if pending is None else self._guard(pending)
+                return functools.partial(self._handle_error, error)
+            return None if pending is None else functools.partial(self._guard, pending)
         method = self._commands.get(verb)
         if method is None:
             self._reply(R.unrecognized(verb))
             self._count_bogus()
             return None
-        return self._guard(method(self, arg))
+        return functools.partial(self._guard, functools.partial(method, self, arg))
 
-    def _refuse(self, verb: str, arg: str | None, reply: Reply) -> Awaitable[object] | None:
+    def _refuse(self, verb: str, arg: str | None, reply: Reply) -> _Later | None:
         """Refuse a command before it runs; a refused BDAT still has its chunk read (and
         dropped), or those octets would be taken for commands (RFC 3030 section 2)."""
         if verb != "BDAT":
@@ -1030,7 +1034,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._close()
             return None
         self._receiver.start_bdat(int(match.group(1)), discard=True)
-        return self._refuse_chunk(reply)
+        return functools.partial(self._refuse_chunk, reply)
 
     async def _refuse_chunk(self, reply: Reply) -> None:
         if await self._next_event() is not None:
@@ -1136,9 +1140,9 @@ class SMTP(asyncio.BufferedProtocol):
         """HELO: greet without ESMTP."""
         pending = self._helo(hostname)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _helo(self, hostname: str | None) -> Awaitable[object] | None:
+    def _helo(self, hostname: str | None) -> _Later | None:
         if not hostname:
             self._reply(R.syntax("HELO hostname"))
             return None
@@ -1153,7 +1157,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._queue(f"250 {self.hostname}\r\n".encode(encoding))
             return None
         before = session.host_name
-        return self._helo_hooked(
+        return lambda: self._helo_hooked(
             hook(self, session, self._envelope, hostname), session, hostname, before
         )
 
@@ -1195,9 +1199,9 @@ class SMTP(asyncio.BufferedProtocol):
         """EHLO: greet with ESMTP; the reply lists the extensions."""
         pending = self._ehlo(hostname)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _ehlo(self, hostname: str | None) -> Awaitable[object] | None:
+    def _ehlo(self, hostname: str | None) -> _Later | None:
         if not hostname:
             self._reply(R.syntax(f"{self._ehlo_keyword} hostname"))
             return None
@@ -1210,7 +1214,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._queue(self._ehlo_reply())
             session.host_name = hostname
             return None
-        return self._greet_extended(hostname)
+        return functools.partial(self._greet_extended, hostname)
 
     @property
     def _ehlo_hook(self) -> Callable[[], Awaitable[None]] | None:
@@ -1277,24 +1281,25 @@ class SMTP(asyncio.BufferedProtocol):
         """NOOP: do nothing, successfully."""
         pending = self._noop(arg)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _noop(self, arg: str | None) -> Awaitable[object] | None:
+    def _noop(self, arg: str | None) -> _Later | None:
         hook = self._hooks.noop
         if hook is None:
             self._reply(R.OK)
             return None
-        assert self.session is not None
-        return self._run_hook(hook(self, self.session, self._envelope, arg or ""), "handle_NOOP")
+        session = self.session
+        assert session is not None
+        return lambda: self._run_hook(hook(self, session, self._envelope, arg or ""), "handle_NOOP")
 
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: str | None) -> None:
         """QUIT: say goodbye and close."""
         pending = self._quit(arg)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _quit(self, arg: str | None) -> Awaitable[object] | None:
+    def _quit(self, arg: str | None) -> _Later | None:
         if arg:
             self._reply(R.syntax("QUIT"))
             return None
@@ -1302,7 +1307,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.BYE)
             self._close()
             return None
-        return self._quit_hooked()
+        return self._quit_hooked
 
     async def _quit_hooked(self) -> None:
         hook = self._hooks.quit
@@ -1321,17 +1326,18 @@ class SMTP(asyncio.BufferedProtocol):
         """RSET: abandon the transaction."""
         pending = self._rset(arg)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _rset(self, arg: str | None) -> Awaitable[object] | None:
+    def _rset(self, arg: str | None) -> _Later | None:
         if arg:
             self._reply(R.syntax("RSET"))
             return None
         self._reset_transaction()
         hook = self._hooks.rset
         if hook is not None:
-            assert self.session is not None
-            return self._run_hook(hook(self, self.session, self._envelope), "handle_RSET")
+            session = self.session
+            assert session is not None
+            return lambda: self._run_hook(hook(self, session, self._envelope), "handle_RSET")
         legacy: Callable[[], Awaitable[None]] | None = getattr(self, "rset_hook", None)
         if legacy is not None:
             warnings.warn(
@@ -1339,7 +1345,7 @@ class SMTP(asyncio.BufferedProtocol):
                 DeprecationWarning,
                 stacklevel=2,
             )
-            return self._rset_legacy(legacy)
+            return functools.partial(self._rset_legacy, legacy)
         self._reply(R.OK)
         return None
 
@@ -1413,9 +1419,9 @@ class SMTP(asyncio.BufferedProtocol):
         """MAIL FROM: open a transaction."""
         pending = self._mail(arg)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _mail(self, arg: str | None) -> Awaitable[object] | None:
+    def _mail(self, arg: str | None) -> _Later | None:
         if self._auth_needed() or not self._sequence_ok(Verb.MAIL):
             return None
         session = self.session
@@ -1455,7 +1461,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.MAIL_OK)
             self._mail_accepted(envelope, address, params, parsed)
             return None
-        return self._mail_hooked(
+        return lambda: self._mail_hooked(
             hook(self, session, envelope, address, params), envelope, address, params, parsed
         )
 
@@ -1505,9 +1511,9 @@ class SMTP(asyncio.BufferedProtocol):
         """RCPT TO: add a recipient."""
         pending = self._rcpt(arg)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _rcpt(self, arg: str | None) -> Awaitable[object] | None:
+    def _rcpt(self, arg: str | None) -> _Later | None:
         if self._auth_needed() or not self._sequence_ok(Verb.RCPT):
             return None
         session = self.session
@@ -1554,7 +1560,7 @@ class SMTP(asyncio.BufferedProtocol):
                 envelope.rcpt_dsn.append(dsn)
             return None
         count = len(envelope.rcpt_tos)
-        return self._rcpt_hooked(
+        return lambda: self._rcpt_hooked(
             hook(self, session, envelope, address, params), envelope, address, params, dsn, count
         )
 
@@ -1587,7 +1593,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._set_deadline(None)
         pending = self._end_data(event)
         if pending is not None:
-            await pending
+            await pending()
 
     def _data(self, arg: str | None) -> None:
         # The content arrives as a later event of the same pass: see _handle_event.
@@ -1610,7 +1616,7 @@ class SMTP(asyncio.BufferedProtocol):
         self._set_deadline(self.limits.data_timeout)
         return True
 
-    def _end_data(self, event: Event | None) -> Awaitable[object] | None:
+    def _end_data(self, event: Event | None) -> _Later | None:
         """The content of DATA arrived (or, with ``None``, the client left half way)."""
         if not isinstance(event, DataDone):
             return None  # the client went away mid-message: nothing was accepted
@@ -1629,9 +1635,9 @@ class SMTP(asyncio.BufferedProtocol):
     async def _finish_message(self, content: bytes | Reply) -> None:
         pending = self._finish(content)
         if pending is not None:
-            await pending
+            await pending()
 
-    def _finish(self, content: bytes | Reply) -> Awaitable[object] | None:
+    def _finish(self, content: bytes | Reply) -> _Later | None:
         """Deliver a complete message; what is left to await when a hook takes it."""
         if isinstance(content, Reply):
             self._refuse_message(content)
@@ -1656,7 +1662,7 @@ class SMTP(asyncio.BufferedProtocol):
             self._reply(R.OK)
             self._reset_transaction()
             return None
-        return self._deliver_and_reset()
+        return self._deliver_and_reset
 
     async def _deliver_and_reset(self) -> None:
         try:

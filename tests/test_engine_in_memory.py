@@ -1,6 +1,9 @@
-"""Replies written in bursts: a lone connection is answered at once, busy servers batch per turn.
+"""The engine over an in-memory transport: when replies are written, and what a connection leaves.
 
-These drive the engine with an in-memory transport, so the moment each write happens is visible.
+A lone connection is answered inside its read callback; with several open, the replies of one
+loop turn are written together. A command whose hook is left for the connection's task creates
+nothing (not even the hook's coroutine) until that task runs. The in-memory transport makes the
+moment of each write visible.
 Each test runs its event loop in a thread of its own: the batching state belongs to a thread,
 and connections left open by other tests in this process must not count.
 """
@@ -8,6 +11,8 @@ and connections left open by other tests in this process must not count.
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -31,6 +36,9 @@ class MemoryTransport(asyncio.Transport):
         return self.closing
 
     def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
         self.closing = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -150,3 +158,40 @@ def test_a_batch_left_by_a_stopped_loop_does_not_hold_up_the_next_loop() -> None
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert pool.submit(two_loops).result(timeout=30) == ("250 OK\r\n", "250 OK\r\n")
+
+
+class SlowMail:
+    """A handler whose MAIL hook counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.calls += 1
+        envelope.mail_from = address
+        return "250 OK"
+
+
+def test_a_connection_gone_before_its_task_ran_leaves_no_coroutine_behind() -> None:
+    handler = SlowMail()
+
+    async def main() -> None:
+        server = SMTP(handler, hostname="batch.test")
+        transport = MemoryTransport()
+        server.connection_made(transport)
+        server.data_received(b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n")
+        # The client vanishes at once: the task that would run the hook is cancelled (before
+        # its first step where tasks do not start eagerly).
+        server._abort()
+        close(server, transport)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        in_fresh_thread(main)
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    assert handler.calls <= 1  # run eagerly (Python 3.12+) or not at all
