@@ -178,7 +178,7 @@ def syntax(text: str, extended: str | None = None, when: str | None = None) -> C
     return decorator
 
 
-_READ_SIZE: Final = 1 << 16
+_READ_SIZE: Final = 1 << 18  # 256 KiB, what asyncio itself asks of one recv()
 _thread_state = threading.local()
 
 
