@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from typed_smtpd.proto.replies import (
     HELLO_FIRST,
@@ -45,7 +45,12 @@ class State(Enum):
     """Where a connection stands in the dialog."""
 
     # Members are singletons: identity hashing keeps the transition lookups in C.
-    __hash__ = object.__hash__
+    if TYPE_CHECKING:
+
+        def __hash__(self) -> int: ...
+
+    else:
+        __hash__ = object.__hash__
 
     #: Greeting sent; no HELO, EHLO or LHLO accepted yet.
     GREETED = "greeted"
@@ -63,7 +68,12 @@ class Verb(Enum):
     """The commands whose sequencing RFC 5321, 3030, 3207 and 4954 define."""
 
     # Members are singletons: identity hashing keeps the transition lookups in C.
-    __hash__ = object.__hash__
+    if TYPE_CHECKING:
+
+        def __hash__(self) -> int: ...
+
+    else:
+        __hash__ = object.__hash__
 
     HELO = "HELO"
     EHLO = "EHLO"
