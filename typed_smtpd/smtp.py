@@ -122,6 +122,7 @@ _ALLOWED_IN_BDAT: Final = frozenset(
 #: The limits of a server's connections: immutable, so one record serves all of them.
 _shared_limits: Final = functools.lru_cache(maxsize=64)(Limits)
 _NO_COUNTS: Final[collections.Counter[str]] = collections.Counter()
+_NOTHING_EXCLUDED: Final[frozenset[str]] = frozenset()
 #: The greeting of a server (a Reply is immutable; building one validates and renders it).
 _greeting: Final = functools.lru_cache(maxsize=16)(R.greeting)
 #: The DSN record of a recipient without NOTIFY or ORCPT (immutable, so shared).
@@ -294,6 +295,70 @@ class SMTP(asyncio.BufferedProtocol):
     new ones set limits and policies that aiosmtpd did not have (see :class:`Limits`).
     """
 
+    # The per-connection state lives in slots: an idle connection then holds no instance
+    # dictionary (subclasses and hooks may still add attributes, which go to __dict__).
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_auth_callback",
+        "_auth_exclude",
+        "_auth_failures",
+        "_auth_require_tls",
+        "_auth_required",
+        "_authenticator",
+        "_batch",
+        "_bdat_chunks",
+        "_bdat_size",
+        "_bogus",
+        "_busy",
+        "_busy_since",
+        "_call_counts",
+        "_call_limits",
+        "_clock",
+        "_closed",
+        "_cram_md5",
+        "_data_pending",
+        "_deadline",
+        "_decode_data",
+        "_drain_waiter",
+        "_enhanced",
+        "_eof",
+        "_final_replies",
+        "_greeted",
+        "_hooks",
+        "_ident",
+        "_last_activity",
+        "_loop_given",
+        "_mechanisms",
+        "_out",
+        "_out_size",
+        "_partial_since",
+        "_policy",
+        "_proxy_timeout",
+        "_proxy_trusted",
+        "_read_view",
+        "_reading_paused",
+        "_receiver",
+        "_shutdown_requested",
+        "_task",
+        "_timer",
+        "_tls_active",
+        "_tls_refused",
+        "_waiter",
+        "_write_paused",
+        "connection_tracker",
+        "data_size_limit",
+        "enable_SMTPUTF8",
+        "envelope",
+        "event_handler",
+        "hostname",
+        "limits",
+        "require_starttls",
+        "session",
+        "tls_context",
+        "transport",
+    )
+
     #: aiosmtpd-compatible class-level knobs, read once per connection into :attr:`limits`.
     command_size_limit: ClassVar[int] = 512
     line_length_limit: ClassVar[int] = 1001
@@ -410,7 +475,11 @@ class SMTP(asyncio.BufferedProtocol):
                 UserWarning,
                 stacklevel=2,
             )
-        self._auth_exclude = frozenset(m.upper() for m in auth_exclude_mechanism or ())
+        self._auth_exclude = (
+            frozenset(m.upper() for m in auth_exclude_mechanism)
+            if auth_exclude_mechanism
+            else _NOTHING_EXCLUDED
+        )
         if auth_callback is not None:
             warnings.warn(
                 "auth_callback is deprecated; use authenticator", DeprecationWarning, stacklevel=2
