@@ -195,3 +195,38 @@ def test_a_connection_gone_before_its_task_ran_leaves_no_coroutine_behind() -> N
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
     assert handler.calls <= 1  # run eagerly (Python 3.12+) or not at all
+
+
+class BrokenTransport(MemoryTransport):
+    """A transport whose writes fail once connected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def write(self, data: Any) -> None:
+        if self.broken:
+            raise OSError("the socket broke")
+        super().write(data)
+
+
+def test_a_transport_that_fails_a_batched_write_does_not_keep_the_others_replies(
+    caplog: Any,
+) -> None:
+    async def main() -> tuple[str, bool]:
+        broken_server = SMTP(Sink(), hostname="batch.test")
+        broken = BrokenTransport()
+        broken_server.connection_made(broken)
+        server, transport = connect()
+        transport.writes.clear()
+        broken.broken = True
+        broken_server.data_received(b"NOOP\r\n")
+        server.data_received(b"NOOP\r\n")
+        await asyncio.sleep(0)
+        replies, aborted = transport.text(), broken.closing
+        close(server, transport)
+        close(broken_server, broken)
+        return replies, aborted
+
+    assert in_fresh_thread(main) == ("250 OK\r\n", True)
+    assert "could not write its replies" in caplog.text

@@ -213,7 +213,12 @@ class _WriteBatch:
     def flush(self) -> None:
         pending, self.pending = self.pending, []
         for connection in pending:
-            connection._flush()
+            try:
+                connection._flush()
+            except Exception:  # one broken transport must not keep the others' replies
+                session = connection.session
+                log.exception("%r could not write its replies", session and session.peer)
+                connection._abort()
 
 
 def _write_batch() -> _WriteBatch:
