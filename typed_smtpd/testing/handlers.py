@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import fnmatch
+import functools
 import inspect
 import logging
 import random
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -1117,29 +1118,25 @@ class FaultSMTP(SMTP):
         outcome = await injector.apply(self, stage)
         return outcome if isinstance(outcome, str) else None
 
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        """Faults of the ``starttls`` stage, then STARTTLS."""
-        line = await self._fault(Stage.STARTTLS)
+    async def _after_faults(self, stage: Stage, command: Callable[[], Awaitable[None]]) -> None:
+        """Run ``stage``'s faults; the command runs unless one of them answered instead."""
+        line = await self._fault(stage)
         if line is None:
-            await super().smtp_STARTTLS(arg)
+            await command()
         else:
             self._queue_status(line, "FaultInjector")
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        """Faults of the ``starttls`` stage, then STARTTLS."""
+        await self._after_faults(Stage.STARTTLS, functools.partial(super().smtp_STARTTLS, arg))
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         """Faults of the ``auth`` stage, then AUTH."""
-        line = await self._fault(Stage.AUTH)
-        if line is None:
-            await super().smtp_AUTH(arg)
-        else:
-            self._queue_status(line, "FaultInjector")
+        await self._after_faults(Stage.AUTH, functools.partial(super().smtp_AUTH, arg))
 
     async def smtp_DATA(self, arg: str | None) -> None:
         """Faults of the ``data`` stage, then DATA."""
-        line = await self._fault(Stage.DATA)
-        if line is None:
-            await super().smtp_DATA(arg)
-        else:
-            self._queue_status(line, "FaultInjector")
+        await self._after_faults(Stage.DATA, functools.partial(super().smtp_DATA, arg))
 
     async def smtp_BDAT(self, arg: str | None) -> None:
         """Faults of the ``bdat`` stage, then BDAT (a refused chunk is still read, RFC 3030)."""
