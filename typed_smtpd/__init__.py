@@ -5,9 +5,7 @@ documentation (``typed_smtpd.smtp``, ``typed_smtpd.controller`` ...), whose name
 aiosmtpd's so that migrating is an import rename.
 """
 
-#: The version of this distribution.
-__version__ = "0.1.0"
-
+from typed_smtpd._version import __version__ as __version__
 from typed_smtpd.controller import Controller as Controller
 from typed_smtpd.controller import UnixSocketController as UnixSocketController
 from typed_smtpd.controller import serve as serve

@@ -40,8 +40,9 @@ from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, ClassVar, Final, Literal
 
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
+from typed_smtpd.options import ControllerOptions, TCPControllerOptions
 from typed_smtpd.smtp import SMTP, ConnectionTracker
 
 __all__ = [
@@ -303,7 +304,8 @@ class BaseController(ABC):
     :param max_connections: concurrent connections accepted; ``None`` means no limit.
     :param grace_period: default seconds connections get to finish when the server stops.
     :param SMTP_parameters: keyword arguments for :class:`~typed_smtpd.smtp.SMTP` (or for your own
-        :meth:`factory`). ``enable_SMTPUTF8`` defaults to ``True`` here.
+        :meth:`factory`), typed by :class:`~typed_smtpd.options.ControllerOptions`.
+        ``enable_SMTPUTF8`` defaults to ``True`` here.
 
     Subclasses implement :meth:`_create_server`, the coroutine that binds the listening endpoint.
     """
@@ -335,7 +337,7 @@ class BaseController(ABC):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1 or None, not {max_connections}")
@@ -459,7 +461,7 @@ class BaseThreadedController(BaseController, ABC):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -608,7 +610,7 @@ class BaseUnthreadedController(BaseController, ABC):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -621,6 +623,8 @@ class BaseUnthreadedController(BaseController, ABC):
             **SMTP_parameters,
         )
         self.ended = threading.Event()
+        # What end() started while the loop runs. Never read, but needed: the loop keeps only a
+        # weak reference to a task, which could be collected before finalizing is done.
         self._end_future: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
 
     def begin(self) -> None:
@@ -757,7 +761,7 @@ class Controller(_TCPListener, BaseThreadedController):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[TCPControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -798,7 +802,7 @@ class UnixSocketController(_UnixListener, BaseThreadedController):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -838,7 +842,7 @@ class UnthreadedController(_TCPListener, BaseUnthreadedController):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[TCPControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -874,7 +878,7 @@ class UnixSocketUnthreadedController(_UnixListener, BaseUnthreadedController):
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -909,7 +913,7 @@ class _LoopController(BaseController):
         server_hostname: str | None,
         max_connections: int | None,
         grace_period: float,
-        **SMTP_parameters: Any,
+        **SMTP_parameters: Unpack[TCPControllerOptions],
     ) -> None:
         super().__init__(
             handler,
@@ -1027,7 +1031,7 @@ async def serve(
     server_class: Callable[..., SMTP] = SMTP,
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     grace_period: float = DEFAULT_GRACE_PERIOD,
-    **SMTP_parameters: Any,
+    **SMTP_parameters: Unpack[TCPControllerOptions],
 ) -> AsyncIterator[RunningServer]:
     """Serve SMTP in the running event loop for the duration of an ``async with`` block.
 
@@ -1047,8 +1051,9 @@ async def serve(
         and returning one.
     :param max_connections: concurrent connections accepted; ``None`` for no limit.
     :param grace_period: seconds busy connections get to finish when the block is left.
-    :param SMTP_parameters: keyword arguments for ``server_class``; ``enable_SMTPUTF8`` defaults
-        to ``True``.
+    :param SMTP_parameters: keyword arguments for ``server_class``, typed by
+        :class:`~typed_smtpd.options.TCPControllerOptions`; ``enable_SMTPUTF8`` defaults to
+        ``True``.
 
     The server is listening when the block is entered; a broken ``server_class`` or a failed bind
     raises from ``async with``. Leaving the block shuts down like :meth:`Controller.stop`.

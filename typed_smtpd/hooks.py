@@ -21,7 +21,7 @@ import difflib
 import inspect
 import re
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
@@ -490,13 +490,3 @@ class HookRegistry:
         self.auth_mechanisms: dict[str, AuthHook] = {
             mechanism: getattr(handler, attribute) for mechanism, attribute in spec.mechanisms
         }
-
-    @staticmethod
-    def mechanisms_of(owner: type, names: Iterable[str]) -> dict[str, str]:
-        """Map mechanism name to attribute for the ``auth_*`` attributes of a class."""
-        result: dict[str, str] = {}
-        for attribute in names:
-            mechanism = mechanism_name(attribute, getattr(owner, attribute, None))
-            if mechanism is not None:
-                result[mechanism] = attribute
-        return result

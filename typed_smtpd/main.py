@@ -42,7 +42,7 @@ from ipaddress import IPv6Address
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from typed_smtpd import __version__
+from typed_smtpd._version import __version__
 from typed_smtpd.session import AuthResult, LoginPassword
 
 if TYPE_CHECKING:

@@ -78,7 +78,6 @@ _AT_DOMAIN: Final = rf"@{_DOMAIN}"
 _ADL: Final = rf"{_AT_DOMAIN}(?:,{_AT_DOMAIN})*"
 # Source routes are obsolete but must be accepted and ignored (RFC 5321 section 4.1.2, C.).
 _PATH_RE: Final = re.compile(rf"<(?:{_ADL}:)?(?P<mailbox>{_MAILBOX})>")
-_MAILBOX_RE: Final = re.compile(_MAILBOX)
 _POSTMASTER_RE: Final = re.compile(r"<(?P<mailbox>postmaster)>", re.IGNORECASE)
 _KEYWORD_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _VALUE_RE: Final = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
@@ -179,8 +178,3 @@ def xtext_decode(value: str) -> str:
     if any(ch in decoded for ch in "\r\n\x00"):
         raise ParamError("xtext decodes to a control character")
     return decoded
-
-
-def is_mailbox(text: str) -> bool:
-    """True when ``text`` is a bare RFC 5321 Mailbox (no angle brackets)."""
-    return _MAILBOX_RE.fullmatch(text) is not None

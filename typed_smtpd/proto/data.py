@@ -20,7 +20,6 @@ __all__ = [
     "dot_unstuff",
     "has_bare_newline_or_nul",
     "has_long_line",
-    "longest_line",
     "process_content",
 ]
 
@@ -74,11 +73,6 @@ def apply_newline_policy(content: bytes, policy: BareNewlinePolicy) -> bytes | N
     if policy == "reject":
         return None
     return _ANY_NEWLINE.sub(b"\r\n", content).replace(b"\x00", b"")
-
-
-def longest_line(content: bytes) -> int:
-    """The length of the longest CRLF-terminated line of ``content``, CRLF included."""
-    return max(map(len, content.split(b"\r\n"))) + 2
 
 
 def has_long_line(content: bytes, limit: int) -> bool:

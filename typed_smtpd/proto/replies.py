@@ -74,7 +74,6 @@ __all__ = [
     "TOO_MANY_UNRECOGNIZED",
     "VRFY_UNPARSABLE",
     "Reply",
-    "ReplyClass",
     "call_limit_exceeded",
     "chunk_received",
     "greeting",
@@ -86,15 +85,6 @@ __all__ = [
 ]
 
 _ENHANCED: Final = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-
-
-class ReplyClass:
-    """The first digit of a reply code, as RFC 5321 section 4.2.1 reads it."""
-
-    POSITIVE_COMPLETION: Final = 2
-    POSITIVE_INTERMEDIATE: Final = 3
-    TRANSIENT_NEGATIVE: Final = 4
-    PERMANENT_NEGATIVE: Final = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
+from typed_smtpd.options import FakeServerOptions
 from typed_smtpd.smtp import SMTP, ConnectionTracker
 from typed_smtpd.testing.client import (
     DEFAULT_TIMEOUT,
@@ -316,7 +317,8 @@ class FakeSMTPServer:
     :param timeout: seconds any wait of the clients may take.
     :param max_connections: the connection cap of the shared
         :class:`~typed_smtpd.smtp.ConnectionTracker` (``None``: none).
-    :param smtp_kwargs: keyword arguments for ``server_class``; ``hostname`` defaults to
+    :param smtp_kwargs: keyword arguments for ``server_class``, typed by
+        :class:`~typed_smtpd.options.FakeServerOptions`; ``hostname`` defaults to
         ``"fake-smtpd.test"`` (the engine's default would look up this host's name).
     """
 
@@ -330,7 +332,7 @@ class FakeSMTPServer:
         client_tls_context: ssl.SSLContext | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int | None = None,
-        **smtp_kwargs: Any,
+        **smtp_kwargs: Unpack[FakeServerOptions],
     ) -> None:
         self.handler = handler
         """The handler under test, as given."""
@@ -345,7 +347,7 @@ class FakeSMTPServer:
         """The client context :meth:`connect` uses for implicit TLS unless given one."""
         self.timeout = timeout
         smtp_kwargs.setdefault("hostname", _FAKE_HOSTNAME)
-        self.smtp_kwargs = smtp_kwargs
+        self.smtp_kwargs: dict[str, Any] = dict(smtp_kwargs)
         self.tracker: ConnectionTracker = ConnectionTracker(max_connections)
         self.transcript: list[TranscriptEntry] = []
         """Every connection's dialog, interleaved in the order things happened."""
@@ -506,7 +508,7 @@ class SocketpairSMTPServer:
         server_class: Callable[..., SMTP] = SMTP,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int | None = None,
-        **smtp_kwargs: Any,
+        **smtp_kwargs: Unpack[FakeServerOptions],
     ) -> None:
         self.handler = handler
         self.recorder: RecordingHandler = (
@@ -516,7 +518,7 @@ class SocketpairSMTPServer:
         self.server_class: Callable[..., SMTP] = server_class_for(handler, server_class)
         self.timeout = timeout
         smtp_kwargs.setdefault("hostname", _FAKE_HOSTNAME)
-        self.smtp_kwargs = smtp_kwargs
+        self.smtp_kwargs: dict[str, Any] = dict(smtp_kwargs)
         self.max_connections = max_connections
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
