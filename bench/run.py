@@ -2,6 +2,8 @@
 
 Usage: ``python bench/run.py [--quick] [--workloads W1,W2] [--repeat 3] [--json out.json]``
 (``--help`` lists the rest). See bench/README.md for what each workload measures.
+``--baseline REV`` adds the server ``typed-base``: typed_smtpd as of that git revision, checked out
+in a temporary worktree for the run, so one run compares the code before and after a change.
 
 Each measured run starts a fresh server in its own subprocess (bench/servers.py, or Postfix's
 smtp-sink), pinned to its own core, drives it with one client (Postfix's smtp-source, or
@@ -41,6 +43,7 @@ sys.path.insert(0, str(HERE))
 import client  # noqa: E402
 
 ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")
+BASELINE = "typed-base"  # typed_smtpd as of --baseline REV, from a temporary git worktree
 ALL_CLIENTS = ("smtp-source", "asyncio")
 READY_TIMEOUT = 30.0  # seconds for a server to start listening
 STOP_TIMEOUT = 15.0  # seconds for a server to exit after SIGTERM (a profiler writes its file)
@@ -132,6 +135,7 @@ class Options:
     uvloop: bool
     smtp_source: str | None
     smtp_sink: str | None
+    baseline_tree: Path | None = None  # the worktree typed-base imports typed_smtpd from
     children: set[subprocess.Popen[bytes]] = field(default_factory=set)
 
 
@@ -248,6 +252,9 @@ def server_process(
         cmd += ["--timeout", "3600"]
         if profile is not None:
             cmd += ["--profile", str(profile)]
+        if kind == BASELINE:
+            assert opts.baseline_tree is not None
+            cmd += ["--tree", str(opts.baseline_tree)]
         if opts.uvloop:
             cmd.append("--uvloop")
     proc = subprocess.Popen(
@@ -417,6 +424,68 @@ def importable(module: str) -> bool:
     return done.returncode == 0
 
 
+def git(*args: str, cwd: Path = HERE) -> subprocess.CompletedProcess[str]:
+    """Run git in the repository that holds bench/ (or in ``cwd``); never raises on failure."""
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@contextlib.contextmanager
+def baseline_worktree(rev: str) -> Iterator[tuple[Path, str]]:
+    """Check ``rev`` out, detached, in a temporary git worktree; yield (its path, the commit).
+
+    The worktree is removed on the way out, whatever the way (Ctrl-C and errors included); a
+    Ctrl-C or SIGTERM that arrives while it is being removed takes effect once it is gone.
+    """
+    if shutil.which("git") is None:
+        raise SystemExit("--baseline needs git")
+    found = git("rev-parse", "--show-toplevel")
+    if found.returncode != 0:
+        raise SystemExit(f"--baseline needs a git checkout: {found.stderr.strip()}")
+    repo = Path(found.stdout.strip())
+    resolved = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=repo)
+    if resolved.returncode != 0:
+        raise SystemExit(f"--baseline: {rev!r} is not a commit of {repo}")
+    commit = resolved.stdout.strip()
+    tree = Path(tempfile.mkdtemp(prefix="typed-smtpd-baseline-"))
+    try:
+        added = git("worktree", "add", "--detach", str(tree), commit, cwd=repo)
+        if added.returncode != 0:
+            raise SystemExit(f"--baseline: git worktree add failed: {added.stderr.strip()}")
+        yield tree, commit
+    finally:
+        stops = {signal.SIGINT, signal.SIGTERM}
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            removed = git("worktree", "remove", "--force", str(tree), cwd=repo)
+            if removed.returncode != 0 or tree.exists():
+                shutil.rmtree(tree, ignore_errors=True)
+                git("worktree", "prune", cwd=repo)  # forget the worktree whose files are gone
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def check_baseline(tree: Path) -> tuple[str, str]:
+    """(version, file) of the typed_smtpd the typed-base server imports; exit if it cannot."""
+    done = subprocess.run(
+        [sys.executable, str(HERE / "servers.py"), BASELINE, "0", "--tree", str(tree), "--check"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    words = done.stdout.split(maxsplit=2)
+    if done.returncode != 0 or len(words) != 3 or words[0] != "typed_smtpd":
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"--baseline: the {BASELINE} server cannot import typed_smtpd: {tail[0]}")
+    version, file = words[1], words[2].strip()
+    if not Path(file).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"--baseline: {BASELINE} imports typed_smtpd from {file}, not {tree}")
+    return version, file
+
+
 def pick_cores() -> tuple[set[int] | None, set[int] | None]:
     """(client cores, server cores): one core each when two or more are available."""
     cores = sorted(os.sched_getaffinity(0))
@@ -496,12 +565,13 @@ def summarise(
                 entry["probe_ok"] = bool(ok) and all(r.probe_ok for r in ok)
             per_server[server] = entry
         ratios: dict[str, float | None] = {}
-        for other in ("aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink"):
+        for other in (BASELINE, "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink"):
             ratios[f"typed/{other}"] = round_ratio(group, "typed", other)
-        for other in ("aiosmtpd", "ceiling", "ceiling-buffered"):
+        for other in (BASELINE, "aiosmtpd", "ceiling", "ceiling-buffered"):
             ratios[f"cpu typed/{other}"] = round_ratio(group, "typed", other, "cpu_seconds")
         if work.kind == "idle":
-            ratios["rss_per_connection typed/aiosmtpd"] = rss_ratio(group)
+            for other in (BASELINE, "aiosmtpd"):
+                ratios[f"rss_per_connection typed/{other}"] = rss_ratio(group, other)
         out.append({"workload": name, "client": client_name, "servers": per_server, **ratios})
     return out
 
@@ -521,10 +591,10 @@ def round_ratio(group: list[Run], a: str, b: str, metric: str = "seconds") -> fl
     return statistics.median(pairs) if pairs else None
 
 
-def rss_ratio(group: list[Run]) -> float | None:
-    """Median over rounds of RSS per idle connection, typed_smtpd / aiosmtpd (lower is better)."""
+def rss_ratio(group: list[Run], other: str) -> float | None:
+    """Median over rounds of RSS per idle connection, typed_smtpd / other (lower is better)."""
     a = {r.round: r.rss_per_connection_kib for r in group if r.server == "typed" and r.ok}
-    b = {r.round: r.rss_per_connection_kib for r in group if r.server == "aiosmtpd" and r.ok}
+    b = {r.round: r.rss_per_connection_kib for r in group if r.server == other and r.ok}
     pairs = [a[k] / b[k] for k in a.keys() & b.keys() if b[k] > 0]
     return statistics.median(pairs) if pairs else None
 
@@ -702,11 +772,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. W1,W3")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per server (default 3)")
     parser.add_argument("--json", type=Path, help="also write every run and the summary here")
-    parser.add_argument("--servers", default=",".join(ALL_SERVERS))
+    parser.add_argument(
+        "--servers",
+        help=f"default {','.join(ALL_SERVERS)}, and {BASELINE} with --baseline",
+    )
     parser.add_argument("--clients", default=",".join(ALL_CLIENTS))
     parser.add_argument("--uvloop", action="store_true", help="run the Python servers on uvloop")
     parser.add_argument("--timeout", type=float, help="seconds per run (default 300, quick 60)")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help=f"also run typed_smtpd as of this git revision, as the server {BASELINE}",
+    )
     parser.add_argument(
         "--profile",
         default="",
@@ -737,17 +815,65 @@ def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
     return chosen
 
 
+def choose_servers(args: argparse.Namespace) -> list[str]:
+    """The servers to run: --servers (or the default), with typed-base exactly when --baseline."""
+    servers = [s.strip() for s in (args.servers or ",".join(ALL_SERVERS)).split(",") if s.strip()]
+    unknown = set(servers) - {*ALL_SERVERS, BASELINE}
+    if unknown:
+        raise SystemExit(f"unknown server: {', '.join(sorted(unknown))}")
+    if BASELINE in servers and not args.baseline:
+        raise SystemExit(f"the server {BASELINE} needs --baseline REV (the revision to compare)")
+    if args.baseline and BASELINE not in servers:
+        servers.insert(servers.index("typed") + 1 if "typed" in servers else 0, BASELINE)
+        if args.servers:
+            print(f"note: --baseline adds {BASELINE} to the servers", file=sys.stderr)
+    return servers
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status (1 if any run failed)."""
     args = parse_args(argv)
     workloads = select_workloads(args, args.workloads)
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    servers = choose_servers(args)
     if args.uvloop and not importable("uvloop"):
         raise SystemExit("--uvloop needs uvloop: python -m pip install 'typed-smtpd[speed]'")
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    unknown = (set(servers) - set(ALL_SERVERS)) | (set(clients) - set(ALL_CLIENTS))
+    unknown = set(clients) - set(ALL_CLIENTS)
     if unknown:
-        raise SystemExit(f"unknown server or client: {', '.join(sorted(unknown))}")
+        raise SystemExit(f"unknown client: {', '.join(sorted(unknown))}")
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the same way out as Ctrl-C: stop children, report what ran
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with contextlib.ExitStack() as stack:
+            baseline = (
+                stack.enter_context(baseline_worktree(args.baseline)) if args.baseline else None
+            )
+            return benchmark(args, workloads, servers, clients, baseline)
+    except KeyboardInterrupt:  # during set-up or the report: the runs catch their own
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def benchmark(
+    args: argparse.Namespace,
+    workloads: list[Workload],
+    servers: list[str],
+    clients: list[str],
+    baseline: tuple[Path, str] | None,
+) -> int:
+    """Every run, then the report; ``baseline`` is the typed-base worktree and its commit."""
+    baseline_info: dict[str, str] | None = None
+    if baseline is not None:
+        version, file = check_baseline(baseline[0])
+        baseline_info = {"rev": args.baseline, "commit": baseline[1], "typed_smtpd": version}
+        print(
+            f"{BASELINE}: typed_smtpd {version} at {args.baseline} ({baseline[1][:12]}), "
+            f"imported from {file}",
+            file=sys.stderr,
+        )
     if "typed" in servers and not importable("typed_smtpd.smtp"):
         print("warning: typed_smtpd.smtp does not import; leaving typed_smtpd out", file=sys.stderr)
         servers.remove("typed")
@@ -774,14 +900,10 @@ def main(argv: list[str] | None = None) -> int:
         uvloop=args.uvloop,
         smtp_source=smtp_source,
         smtp_sink=smtp_sink,
+        baseline_tree=baseline[0] if baseline is not None else None,
     )
     if client_cores:
         os.sched_setaffinity(0, client_cores)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # the same way out as Ctrl-C: stop children, report what ran
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     load_start = os.getloadavg()[0]
     machine: dict[str, Any] = {
         "python": platform.python_version(),
@@ -791,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cores": sorted(server_cores or []),
         "aiosmtpd": package_version("aiosmtpd"),
         "typed_smtpd": package_version("typed-smtpd"),
+        "baseline": baseline_info,
         "loop": "uvloop" if args.uvloop else "asyncio",
         "smtp_source": smtp_source,
         "smtp_sink": smtp_sink,
@@ -821,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
                         runs.append(run)
                         status = f"{run.seconds:.3f} s" if run.ok else f"FAILED {run.error}"
                         print(
-                            f"  {work.name} {client_name:<11} round {rnd} {server:<9} {status}",
+                            f"  {work.name} {client_name:<11} round {rnd} {server:<10} {status}",
                             file=sys.stderr,
                         )
         if args.profile and "typed" in servers:
@@ -847,6 +970,12 @@ def main(argv: list[str] | None = None) -> int:
         "ratios are medians of per-round ratios: typed/X is speed (X's time / typed's time); "
         "cpu typed/X is X's server CPU seconds / typed's"
     )
+    if baseline_info is not None:
+        print(
+            f"{BASELINE} is typed_smtpd {baseline_info['typed_smtpd']} at {args.baseline} "
+            f"({baseline_info['commit'][:12]}); typed is the installed typed_smtpd, so "
+            f"typed/{BASELINE} above 1 means the change made it faster"
+        )
     print_report(summary, chosen)
     print_targets(verdicts)
     for text in profiles:

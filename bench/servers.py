@@ -1,7 +1,7 @@
 """Start one benchmark server in this process: typed_smtpd, aiosmtpd or a bare ceiling sink.
 
-Usage: ``python bench/servers.py typed|aiosmtpd|ceiling|ceiling-buffered PORT [--max-connections N]
-[--timeout SECONDS] [--uvloop] [--profile FILE]``.
+Usage: ``python bench/servers.py typed|typed-base|aiosmtpd|ceiling|ceiling-buffered PORT
+[--max-connections N] [--timeout SECONDS] [--uvloop] [--profile FILE] [--tree DIR] [--check]``.
 
 Every server is started the same way, with ``loop.create_server`` on 127.0.0.1 and the same
 hook-less ``Sink`` handler, so the comparison measures the protocol implementations and nothing
@@ -10,6 +10,11 @@ exits cleanly on SIGTERM or SIGINT, so a profiler gets to write its output: ``--
 runs cProfile from READY to the stop (start-up and imports left out), and a profiler wrapping the
 whole process (``python -m cProfile -o``) works too. Nothing here measures anything: the harness
 reads CPU time and memory from /proc.
+
+``typed-base`` is ``typed`` with typed_smtpd imported from another source tree, ``--tree DIR`` (a
+checkout of an earlier revision, for a before/after comparison); the server refuses to start
+unless the package really comes from that tree. ``--check`` imports the server's code, prints
+``typed_smtpd VERSION FILE`` (or ``ok`` for the others) and exits without listening.
 """
 
 from __future__ import annotations
@@ -41,6 +46,28 @@ def raise_nofile() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def import_from_tree(tree: Path) -> None:
+    """Import typed_smtpd from the source tree ``tree``, ahead of any installed copy.
+
+    Exits with a message if it is already imported, or if the import resolves anywhere else.
+    """
+    root = tree.resolve()
+    if not (root / "typed_smtpd" / "__init__.py").is_file():
+        raise SystemExit(f"typed-base: no typed_smtpd package in {root}")
+    if "typed_smtpd" in sys.modules:
+        raise SystemExit("typed-base: typed_smtpd was imported before its tree was put on the path")
+    sys.path.insert(0, str(root))
+    import typed_smtpd
+    from typed_smtpd import smtp
+
+    for module in (typed_smtpd, smtp):
+        where = Path(module.__file__ or "").resolve()
+        if not where.is_relative_to(root):
+            raise SystemExit(
+                f"typed-base: {module.__name__} imported from {where}, not from {root}"
+            )
 
 
 def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.BaseProtocol]:
@@ -94,6 +121,7 @@ def ceiling_buffered_factory(
 
 FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.BaseProtocol]]] = {
     "typed": typed_factory,
+    "typed-base": typed_factory,  # the same server, its package imported from --tree
     "aiosmtpd": aiosmtpd_factory,
     "ceiling": ceiling_factory,
     "ceiling-buffered": ceiling_buffered_factory,
@@ -131,7 +159,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the serving here")
+    parser.add_argument("--tree", type=Path, help="typed-base: import typed_smtpd from this tree")
+    parser.add_argument("--check", action="store_true", help="import, say from where, and exit")
     args = parser.parse_args(argv)
+    if (args.kind == "typed-base") != (args.tree is not None):
+        parser.error("--tree goes with typed-base, and typed-base needs --tree")
+    if args.tree is not None:
+        import_from_tree(args.tree)
+    if args.check:
+        FACTORIES[args.kind](args.max_connections, args.timeout)
+        package = sys.modules.get("typed_smtpd")
+        if package is None:
+            print("ok", flush=True)
+        else:
+            version = getattr(package, "__version__", "unknown")
+            print(f"typed_smtpd {version} {package.__file__}", flush=True)
+        return
     raise_nofile()
     coro = serve(args.kind, args.port, args.max_connections, args.timeout, args.profile)
     if args.uvloop:
