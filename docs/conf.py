@@ -94,6 +94,7 @@ _log = logging.getLogger(__name__)
 REFERENCE_MODULES = (
     "typed_smtpd",
     "typed_smtpd.smtp",
+    "typed_smtpd.options",
     "typed_smtpd.session",
     "typed_smtpd.hooks",
     "typed_smtpd.controller",
@@ -101,6 +102,8 @@ REFERENCE_MODULES = (
     "typed_smtpd.lmtp",
     "typed_smtpd.proxy_protocol",
     "typed_smtpd.proto",
+    "typed_smtpd.proto.engine",
+    "typed_smtpd.proto.auth",
     "typed_smtpd.proto.replies",
     "typed_smtpd.testing",
 )

@@ -303,8 +303,8 @@ class SMTPDialog(RuleBasedStateMachine):
     @invariant()
     def engine_state_agrees(self) -> None:
         protocol = self.client.protocol
-        if not protocol._closed:
-            assert protocol._state() is ENGINE_STATE[self.model.phase]
+        if not protocol.engine.closed:
+            assert protocol.engine.state is ENGINE_STATE[self.model.phase]
 
 
 TestSMTPDialog = SMTPDialog.TestCase

@@ -11,14 +11,18 @@ Nothing in this module does I/O.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, auto
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
+
+from typed_smtpd.proto.auth import MISSING as MISSING
+from typed_smtpd.proto.auth import AuthResult as AuthResult
+from typed_smtpd.proto.auth import CramMD5Response as CramMD5Response
+from typed_smtpd.proto.auth import LoginPassword as LoginPassword
+from typed_smtpd.proto.auth import RecipientDSN as RecipientDSN
+from typed_smtpd.proto.auth import _Missing as _Missing
 
 if TYPE_CHECKING:
     from typed_smtpd.proxy_protocol import ProxyData
@@ -44,82 +48,6 @@ PeerType = tuple[Any, ...] | str | None
 
 #: The values of the ``BODY=`` MAIL parameter (RFC 6152, RFC 3030).
 BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
-
-
-class _Missing(Enum):
-    """The type of :data:`MISSING`."""
-
-    MISSING = auto()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-#: Sentinel for "no value": returned by an ``auth_MECHANISM`` hook when the credentials are
-#: invalid, and by :meth:`SMTP.challenge_auth` when the client cancelled the exchange.
-MISSING: Final = _Missing.MISSING
-
-
-class LoginPassword(NamedTuple):
-    """The credentials collected by the built-in LOGIN and PLAIN mechanisms.
-
-    The password never appears in ``repr()`` or ``str()`` so that it cannot leak into logs.
-    """
-
-    login: bytes
-    password: bytes
-
-    def __repr__(self) -> str:
-        return f"LoginPassword(login={self.login!r}, password=...)"
-
-    def __str__(self) -> str:
-        return self.__repr__()
-
-
-@dataclass(kw_only=True)
-class AuthResult:
-    """What an ``authenticator`` (or an ``auth_MECHANISM`` hook) decides about an AUTH attempt.
-
-    ``success``: whether the credentials are accepted. ``handled``: when ``False`` on a failure,
-    the server sends the default failure reply; when ``True`` the hook already replied.
-    ``message``: a full reply line (``"235 2.7.0 Welcome"``) to send instead of the default.
-    ``auth_data``: stored in :attr:`Session.auth_data`; never shown by ``repr()``.
-    """
-
-    success: bool
-    handled: bool = True
-    message: str | None = None
-    auth_data: Any = field(default=None, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class CramMD5Response:
-    """What a client answered to a CRAM-MD5 challenge (RFC 2195).
-
-    An authenticator cannot read a password from it; it checks one with :meth:`verify`.
-    """
-
-    login: bytes
-    challenge: bytes = field(repr=False)
-    digest: bytes = field(repr=False)
-
-    def verify(self, password: bytes | str) -> bool:
-        """Whether ``password`` produces the client's digest (compared in constant time)."""
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        expected = hmac.new(password, self.challenge, hashlib.md5).hexdigest().encode("ascii")
-        return hmac.compare_digest(expected, self.digest.lower())
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientDSN:
-    """The DSN parameters of one ``RCPT TO`` (RFC 3461): ``NOTIFY`` and ``ORCPT``."""
-
-    notify: tuple[str, ...] = ()
-    orcpt: str | None = None
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final
 
 from typed_smtpd.proto.replies import (
+    BDAT_AFTER_DATA,
     HELLO_FIRST,
     MAIL_NESTED,
     NEED_MAIL,
@@ -156,6 +157,8 @@ def sequence_error(state: State, verb: Verb) -> Reply:
         return MAIL_NESTED
     if verb is Verb.MAIL and state is State.IN_BDAT:
         return MAIL_NESTED
+    if verb is Verb.DATA and state is State.IN_BDAT:
+        return BDAT_AFTER_DATA  # RFC 3030 section 3: the two cannot be mixed in one message
     if verb is Verb.RCPT:
         return NEED_MAIL if state is State.READY else BAD_SEQUENCE
     if verb in (Verb.DATA, Verb.BDAT, Verb.BDAT_LAST):

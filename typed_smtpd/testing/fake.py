@@ -392,7 +392,7 @@ class FakeSMTPServer:
         for client in self.clients:
             if not client.transport.is_closing():
                 client.transport.abort()
-        tasks = [c._task for c in self.connections if c._task is not None and not c._task.done()]
+        tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
             for task in pending:

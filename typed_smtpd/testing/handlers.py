@@ -38,16 +38,17 @@ from email.parser import BytesParser
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from typing_extensions import assert_never
+from typing_extensions import Unpack, assert_never
 
 from typed_smtpd.hooks import HOOK_NAMES
 from typed_smtpd.proto import replies as R
-from typed_smtpd.proto.framing import ChunkDone
 from typed_smtpd.session import Envelope, PeerType, Session
 from typed_smtpd.smtp import SMTP
 
 if TYPE_CHECKING:
     import argparse
+
+    from typed_smtpd.options import SMTPOptions
 
 __all__ = [
     "DROPPED_ATTRIBUTE",
@@ -178,7 +179,7 @@ def _forward_hooks(target: object, wrapped: object, skip: Iterable[str]) -> None
 def _default_reply(server: SMTP, reply: R.Reply) -> str:
     # The engine sends enhanced codes to clients that greeted with EHLO (when enabled); a hook
     # answering in the engine's place does the same.
-    return reply.line(enhanced=server._use_enhanced)
+    return reply.line(enhanced=server.engine.enhanced)
 
 
 async def _deliver_without_hook(
@@ -867,7 +868,7 @@ class FaultInjector:
         for action in self.plan(stage, address, peer):
             match action:
                 case Delay(seconds=seconds):
-                    server._flush()
+                    server.flush()
                     await asyncio.sleep(seconds)
                 case Throttle(bytes_per_second=rate):
                     _throttle(server, rate)
@@ -878,7 +879,7 @@ class FaultInjector:
                 case Disconnect():
                     return _reply_and_close(server, action.line)
                 case Drop():
-                    server._close()
+                    server.close()
                     return R.SHUTTING_DOWN.line()
                 case AcceptAndDrop():
                     return Outcome.ACCEPT
@@ -1014,8 +1015,8 @@ _INJECTOR_HOOKS: Final = frozenset(name for name in dir(FaultInjector) if name i
 
 def _reply_and_close(server: SMTP, line: str) -> str:
     """Send ``line`` now, then close: nothing the client pipelined afterwards is answered."""
-    server._queue(line.encode("utf-8", "replace") + b"\r\n")
-    server._close()
+    server.engine.send_line(line.encode("utf-8", "replace") + b"\r\n")
+    server.close()
     return line
 
 
@@ -1023,7 +1024,7 @@ def _throttle(server: SMTP, rate: int) -> None:
     transport = server.transport
     if isinstance(transport, _ThrottledTransport) or transport is None:
         return
-    server._flush()
+    server.flush()
     server.transport = _ThrottledTransport(cast(asyncio.Transport, transport), rate)
 
 
@@ -1054,11 +1055,13 @@ class FaultSMTP(SMTP):
     as its base class.
     """
 
-    def __init__(self, handler: object, **kwargs: Any) -> None:
+    def __init__(self, handler: object, **kwargs: Unpack[SMTPOptions]) -> None:
         super().__init__(handler, **kwargs)
         self.fault_injector: FaultInjector | None = _find_injector(handler)
         """The injector whose rules apply here."""
         self._start_handle: asyncio.TimerHandle | None = None
+        #: Set when a connect or greeting fault answered (or dropped) the client instead.
+        self.refused_at_connect: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Apply the connect and greeting stages, then start the session."""
@@ -1076,7 +1079,7 @@ class FaultSMTP(SMTP):
                     case Throttle(bytes_per_second=rate):
                         transport = _ThrottledTransport(cast(asyncio.Transport, transport), rate)
                     case Drop():
-                        self._closed = True
+                        self.refused_at_connect = True
                         transport.close()
                         return
                     case Respond() | Disconnect() | Greylist():
@@ -1085,7 +1088,7 @@ class FaultSMTP(SMTP):
                             if isinstance(action, Greylist)
                             else action.line
                         )
-                        self._closed = True
+                        self.refused_at_connect = True
                         cast(asyncio.Transport, transport).write(line.encode("utf-8") + b"\r\n")
                         transport.close()
                         return
@@ -1101,7 +1104,7 @@ class FaultSMTP(SMTP):
 
     def _start(self, transport: asyncio.BaseTransport) -> None:
         self._start_handle = None
-        if not self._closed and not transport.is_closing():
+        if not self.refused_at_connect and not transport.is_closing():
             super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -1124,7 +1127,7 @@ class FaultSMTP(SMTP):
         if line is None:
             await command()
         else:
-            self._queue_status(line, "FaultInjector")
+            self.engine.send_status(line, "FaultInjector")
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         """Faults of the ``starttls`` stage, then STARTTLS."""
@@ -1144,10 +1147,8 @@ class FaultSMTP(SMTP):
         if line is None:
             await super().smtp_BDAT(arg)
             return
-        size = _BDAT_ARG.fullmatch(arg or "")
-        if size is not None and not self._closed:
-            self._receiver.start_bdat(int(size.group(1)), discard=True)
-            event = await self._next_event()
-            if not isinstance(event, ChunkDone):
-                return
-        self._queue_status(line, "FaultInjector")
+        engine = self.engine
+        if _BDAT_ARG.fullmatch(arg or "") is None or engine.closed:
+            engine.send_status(line, "FaultInjector")
+        else:
+            await self.drive(engine.refuse_command("BDAT", arg, line))
