@@ -184,7 +184,7 @@ def test_a_connection_gone_before_its_task_ran_leaves_no_coroutine_behind() -> N
         server.data_received(b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n")
         # The client vanishes at once: the task that would run the hook is cancelled (before
         # its first step where tasks do not start eagerly).
-        server._abort()
+        server.abort()
         close(server, transport)
         for _ in range(3):
             await asyncio.sleep(0)

@@ -17,38 +17,36 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
-import re
 import socket
 import ssl
 import sys
-import threading
-import warnings
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Final, TypeVar
+from collections.abc import Generator, Iterable
+from typing import Any, ClassVar, Final
 
-from typed_smtpd._version import __version__
-from typed_smtpd.hooks import AuthHook, HookRegistry, auth_mechanism, mechanism_name
+from typed_smtpd._connections import ConnectionTracker, WriteBatch, thread_local
+from typed_smtpd._settings import (
+    CALL_LIMIT_DEFAULT,
+    IDENT,
+    AuthCallbackType,
+    AuthenticatorType,
+    CommandMethod,
+    collect_commands,
+    shared_settings,
+    syntax,
+)
+from typed_smtpd.hooks import auth_mechanism
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.engine import (
     ALLOWED_BEFORE_STARTTLS,
     CLOSED,
     WAIT_EVENT,
-    Authenticate,
-    CallHook,
-    CallLegacy,
-    EngineConfig,
     Expiry,
-    HandleError,
-    HelpEntry,
     Request,
-    RunCommand,
-    RunMechanism,
     ServerEngine,
     StartTLS,
     Step,
+    sanitize,
 )
 from typed_smtpd.proto.framing import NEED_DATA, Event
 from typed_smtpd.proto.limits import (
@@ -60,7 +58,6 @@ from typed_smtpd.proto.limits import (
     BareNewlinePolicy,
     Limits,
 )
-from typed_smtpd.proto.proxy import parse_trusted_networks
 from typed_smtpd.session import (
     MISSING,
     AuthResult,
@@ -94,199 +91,29 @@ __all__ = [
 
 log: logging.Logger = logging.getLogger("mail.log")
 
-__ident__: Final = f"ESMTP typed_smtpd {__version__}"
-#: The default of each per-command limit when ``command_call_limit`` is a dict without ``"*"``.
-CALL_LIMIT_DEFAULT: Final = 20
+__ident__: Final = IDENT
 #: A receive buffer larger than this while user code runs pauses reading from the client.
 _HIGH_WATER: Final = 1 << 20
 _TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 _READ_SIZE: Final = 1 << 18  # 256 KiB, what asyncio itself asks of one recv()
-#: The modules whose ``smtp_VERB`` methods only hand the command to the engine.
-_OWN_MODULES: Final = frozenset({__name__, "typed_smtpd.lmtp"})
-#: The registry attribute of each hook the engine calls by name.
-_HOOK_ATTRS: Final = {
-    "handle_HELO": "helo",
-    "handle_MAIL": "mail",
-    "handle_RCPT": "rcpt",
-    "handle_DATA": "data",
-    "handle_DATA_recipient": "data_recipient",
-    "handle_RSET": "rset",
-    "handle_NOOP": "noop",
-    "handle_QUIT": "quit",
-    "handle_VRFY": "vrfy",
-    "handle_AUTH": "auth",
-    "handle_PROXY": "proxy",
-    "handle_STARTTLS": "starttls",
-    "handle_exception": "exception",
-}
-_C = TypeVar("_C", bound=Callable[..., Any])
-
-#: The deprecated ``auth_callback(mechanism, login, password) -> bool``.
-AuthCallbackType = Callable[[str, bytes, bytes], bool]
-#: ``authenticator(server, session, envelope, mechanism, auth_data)``, sync or async.
-AuthenticatorType = Callable[
-    ["SMTP", Session, Envelope, str, Any], "AuthResult | Awaitable[AuthResult]"
-]
-#: An ``smtp_<VERB>`` command method, unbound: ``await method(server, arg)``.
-CommandMethod = Callable[["SMTP", "str | None"], Awaitable[None]]
+#: The constructor's arguments that are not part of the server's shared settings.
+_PER_CONNECTION: Final = frozenset(
+    {"self", "handler", "hostname", "tls_context", "require_starttls", "loop", "connection_tracker"}
+)
 
 
 class TLSSetupException(Exception):
     """The TLS handshake after STARTTLS failed; the connection is closed."""
 
 
-def sanitize(text: str | bytes) -> str | bytes:
-    """Mask the argument of an ``AUTH`` command line so credentials never reach a log."""
-    if isinstance(text, bytes):
-        match = re.match(rb"(\s*AUTH\s+\S+)\s+\S+", text, re.IGNORECASE)
-        return match.group(1) + b" ********" if match else text
-    found = re.match(r"(\s*AUTH\s+\S+)\s+\S+", text, re.IGNORECASE)
-    return found.group(1) + " ********" if found else text
-
-
-def syntax(text: str, extended: str | None = None, when: str | None = None) -> Callable[[_C], _C]:
-    """Give a command method its HELP text (``extended`` is appended for ESMTP clients; ``when``
-    names a server attribute that must be truthy for the command to be listed)."""
-
-    def decorator(func: _C) -> _C:
-        func.__smtp_syntax__ = text  # type: ignore[attr-defined]
-        func.__smtp_syntax_extended__ = extended  # type: ignore[attr-defined]
-        func.__smtp_syntax_when__ = when  # type: ignore[attr-defined]
-        return func
-
-    return decorator
-
-
-_thread_state = threading.local()
-
-
-class _WriteBatch:
-    """The replies of a thread's connections, written together at the end of a loop turn.
-
-    When several connections are open, the replies produced while the event loop works through
-    one turn's ready sockets are written in one burst at the start of the next turn instead of
-    one by one between reads: the peers are woken together, and the engine's code stays hot in
-    the CPU's caches while it reads. A lone connection is answered at once.
-    """
-
-    __slots__ = ("live", "loop", "pending")
-
-    def __init__(self) -> None:
-        #: Open connections served by this thread.
-        self.live = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.pending: list[SMTP] = []
-
-    def defer(self, connection: SMTP) -> None:
-        loop = connection.loop
-        if loop is not self.loop:
-            # Another event loop in this thread: what an earlier, stopped one left is moot.
-            self.loop, self.pending = loop, []
-        if not self.pending:
-            loop.call_soon(self.flush)
-        self.pending.append(connection)
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, []
-        for connection in pending:
-            try:
-                connection.flush()
-            except Exception:  # one broken transport must not keep the others' replies
-                log.exception("%r could not write its replies", connection._peer)
-                connection._abort()
-
-
-def _thread_local(name: str, make: Callable[[], Any]) -> Any:
-    value = getattr(_thread_state, name, None)
-    if value is None:
-        value = make()
-        setattr(_thread_state, name, value)
-    return value
+def _read_buffer() -> memoryview:
+    return memoryview(bytearray(_READ_SIZE))
 
 
 @functools.lru_cache(maxsize=1)
 def _fqdn() -> str:
     # Looked up once per process, never per connection (it can mean a DNS query).
     return socket.getfqdn()
-
-
-class ConnectionTracker:
-    """The open connections of one listening server, and its connection cap.
-
-    A controller creates one and gives it to every :class:`SMTP` it builds; a connection past
-    ``max_connections`` is answered ``421 4.7.0`` and closed.
-    """
-
-    def __init__(self, max_connections: int | None = None) -> None:
-        if max_connections is not None and max_connections < 1:
-            raise ValueError("max_connections must be at least 1 (or None for no cap)")
-        self.max_connections: int | None = max_connections
-        self._connections: set[SMTP] = set()
-        self._empty: asyncio.Event | None = None
-
-    @property
-    def count(self) -> int:
-        """How many connections are open."""
-        return len(self._connections)
-
-    def _register(self, connection: SMTP) -> bool:
-        if self.max_connections is not None and len(self._connections) >= self.max_connections:
-            return False
-        self._connections.add(connection)
-        return True
-
-    def _unregister(self, connection: SMTP) -> None:
-        self._connections.discard(connection)
-        if not self._connections and self._empty is not None:
-            self._empty.set()
-
-    async def shutdown(self, grace_period: float) -> None:
-        """Close every connection: idle ones at once with 421, busy ones when their current
-        command or message is done, and whatever is left after ``grace_period`` seconds by force.
-        """
-        for connection in list(self._connections):
-            connection._request_shutdown()
-        if self._connections:
-            self._empty = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._empty.wait(), timeout=max(grace_period, 0.0))
-            except asyncio.TimeoutError:
-                pass
-        for connection in list(self._connections):
-            connection._abort()
-        self._connections.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class _Server:
-    """What the connections of one server share: built once, never changed."""
-
-    config: EngineConfig
-    hooks: HookRegistry
-    #: The AUTH mechanisms run here rather than by the engine, as ``mechanism(server, args)``.
-    mechanisms: Mapping[str, AuthHook]
-    authenticator: AuthenticatorType | None
-    auth_callback: AuthCallbackType | None
-
-
-_SERVERS: dict[tuple[object, ...], tuple[object, _Server]] = {}
-_SERVERS_MAX: Final = 64
-
-
-def _freeze(value: object) -> object:
-    if isinstance(value, dict):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple | set | frozenset):
-        return tuple(_freeze(v) for v in value)
-    try:
-        hash(value)
-    except TypeError:
-        return id(value)
-    return value
-
-
-def _is_builtin(method: object) -> bool:
-    return getattr(method, "__module__", None) in _OWN_MODULES
 
 
 class SMTP(asyncio.BufferedProtocol):
@@ -339,29 +166,7 @@ class SMTP(asyncio.BufferedProtocol):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._collect_commands()
-
-    @classmethod
-    def _collect_commands(cls) -> None:
-        commands: dict[str, CommandMethod] = {}
-        mechanisms: dict[str, str] = {}
-        for name in dir(cls):
-            if name.startswith("smtp_"):
-                method = getattr(cls, name)
-                if method is None:  # a subclass removing a command
-                    continue
-                if not inspect.iscoroutinefunction(method):
-                    raise TypeError(
-                        f"{cls.__qualname__}.{name} must be a coroutine function: "
-                        f"async def {name}(self, arg)"
-                    )
-                commands[name[5:].upper()] = method
-            elif name.startswith("auth_"):
-                mechanism = mechanism_name(name, getattr(cls, name))
-                if mechanism is not None:
-                    mechanisms[mechanism] = name
-        cls._commands = commands
-        cls._server_mechanisms = mechanisms
+        cls._commands, cls._server_mechanisms = collect_commands(cls)
 
     def __init__(
         self,
@@ -393,6 +198,8 @@ class SMTP(asyncio.BufferedProtocol):
         enable_CRAM_MD5: bool = False,
         connection_tracker: ConnectionTracker | None = None,
     ) -> None:
+        # Every argument but the handler and those kept per connection configures the server.
+        options = {k: v for k, v in locals().items() if k not in _PER_CONNECTION}
         self.event_handler: object = handler
         self.data_size_limit: int | None = data_size_limit
         self.enable_SMTPUTF8: bool = enable_SMTPUTF8
@@ -400,40 +207,15 @@ class SMTP(asyncio.BufferedProtocol):
         self.tls_context: ssl.SSLContext | None = tls_context
         self.require_starttls: bool = tls_context is not None and require_starttls
         self.connection_tracker: ConnectionTracker | None = connection_tracker
-        if auth_required and not auth_require_tls:
-            warnings.warn(
-                "auth_required=True with auth_require_tls=False lets credentials cross the "
-                "network in clear text",
-                UserWarning,
-                stacklevel=2,
-            )
-        if auth_callback is not None:
-            warnings.warn(
-                "auth_callback is deprecated; use authenticator", DeprecationWarning, stacklevel=2
-            )
-        options: dict[str, Any] = {
-            "data_size_limit": data_size_limit,
-            "enable_SMTPUTF8": enable_SMTPUTF8,
-            "decode_data": decode_data,
-            "ident": __ident__ if ident is None else ident,
-            "timeout": timeout,
-            "auth_required": auth_required,
-            "auth_require_tls": auth_require_tls,
-            "auth_exclude_mechanism": tuple(auth_exclude_mechanism or ()),
-            "auth_callback": auth_callback,
-            "command_call_limit": command_call_limit,
-            "authenticator": authenticator,
-            "proxy_protocol_timeout": proxy_protocol_timeout,
-            "bare_newline": bare_newline,
-            "max_recipients": max_recipients,
-            "bogus_limit": bogus_limit,
-            "data_timeout": data_timeout,
-            "max_auth_failures": max_auth_failures,
-            "proxy_trusted_networks": tuple(proxy_trusted_networks or ()),
-            "enhanced_status_codes": enhanced_status_codes,
-            "enable_CRAM_MD5": enable_CRAM_MD5,
-        }
-        self._server = server = self._shared_server(handler, options)
+        cls = type(self)
+        self._server = server = shared_settings(
+            self,
+            handler,
+            options,
+            commands=cls._commands,
+            mechanisms=cls._server_mechanisms,
+            lmtp=cls._lmtp,
+        )
         self.limits: Limits = server.config.limits
         if loop is None:
             try:
@@ -451,168 +233,8 @@ class SMTP(asyncio.BufferedProtocol):
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
-        self._batch: _WriteBatch | None = None
-        self._read_view: memoryview = _thread_local(
-            "view", lambda: memoryview(bytearray(_READ_SIZE))
-        )
-
-    # --- the configuration, shared by a server's connections ------------------------------------
-
-    def _shared_server(self, handler: object, options: dict[str, Any]) -> _Server:
-        cls = type(self)
-        key = (
-            cls,
-            id(handler),
-            self.hostname,
-            id(self.tls_context),
-            self.require_starttls,
-            cls.command_size_limit,
-            cls.line_length_limit,
-            cls.local_part_limit,
-            cls.AuthLoginUsernameChallenge,
-            cls.AuthLoginPasswordChallenge,
-            _freeze(options),
-        )
-        found = _SERVERS.get(key)
-        if found is not None and found[0] is handler:
-            return found[1]
-        server = self._build_server(handler, options)
-        if len(_SERVERS) >= _SERVERS_MAX:
-            _SERVERS.clear()
-        _SERVERS[key] = (handler, server)  # the handler is kept, so its id is not reused
-        return server
-
-    def _build_server(self, handler: object, options: dict[str, Any]) -> _Server:
-        cls = type(self)
-        tls_context = self.tls_context
-        if tls_context is not None:
-            if tls_context.verify_mode == ssl.CERT_REQUIRED:
-                log.warning(
-                    "tls_context.verify_mode is CERT_REQUIRED: clients without a "
-                    "certificate cannot start TLS"
-                )
-            if tls_context.check_hostname:
-                log.warning("tls_context.check_hostname is set: it has no meaning on a server")
-        proxy_timeout = options["proxy_protocol_timeout"]
-        if proxy_timeout is not None:
-            if proxy_timeout <= 0:
-                raise ValueError("proxy_protocol_timeout must be > 0")
-            if proxy_timeout < 3.0:
-                log.warning("proxy_protocol_timeout below 3 s may cut off slow proxies")
-        limits = Limits(
-            data_size_limit=options["data_size_limit"],
-            command_size_limit=cls.command_size_limit,
-            line_length_limit=cls.line_length_limit,
-            max_recipients=options["max_recipients"],
-            bogus_limit=options["bogus_limit"],
-            timeout=options["timeout"],
-            data_timeout=options["data_timeout"],
-            max_auth_failures=options["max_auth_failures"],
-            local_part_limit=cls.local_part_limit,
-            bare_newline=options["bare_newline"],
-        )
-        hooks = HookRegistry(handler)
-        engine_run, adapter_run = self._mechanisms(hooks, options)
-        config = EngineConfig(
-            hostname=self.hostname,
-            ident=options["ident"],
-            limits=limits,
-            lmtp=cls._lmtp,
-            enhanced_status_codes=options["enhanced_status_codes"],
-            smtputf8=options["enable_SMTPUTF8"],
-            decode_data=options["decode_data"],
-            tls_available=tls_context is not None,
-            require_starttls=self.require_starttls,
-            auth_required=options["auth_required"],
-            auth_require_tls=options["auth_require_tls"],
-            mechanisms=frozenset(engine_run) | frozenset(adapter_run),
-            engine_mechanisms=frozenset(engine_run),
-            login_challenges=(cls.AuthLoginUsernameChallenge, cls.AuthLoginPasswordChallenge),
-            call_limits=self._parse_call_limit(options["command_call_limit"]),
-            proxy_timeout=proxy_timeout,
-            proxy_trusted=parse_trusted_networks(options["proxy_trusted_networks"]),
-            hooks=self._hook_names(hooks),
-            legacy=frozenset(
-                name for name in ("ehlo_hook", "rset_hook") if getattr(self, name, None)
-            ),
-            commands=frozenset(cls._commands),
-            custom_commands=frozenset(
-                verb for verb, method in cls._commands.items() if not _is_builtin(method)
-            ),
-            help=self._help_entries(),
-            help_verbs=self._help_verbs(),
-        )
-        return _Server(
-            config, hooks, adapter_run, options["authenticator"], options["auth_callback"]
-        )
-
-    def _hook_names(self, hooks: HookRegistry) -> frozenset[str]:
-        names = {name for name, attribute in _HOOK_ATTRS.items() if getattr(hooks, attribute)}
-        if hooks.ehlo is not None:
-            names.add("handle_EHLO")
-        if hooks.ehlo_legacy is not None:
-            names |= {"handle_EHLO", "handle_EHLO:legacy"}
-        if getattr(self.event_handler, "process_message", None) is not None:
-            names.add("process_message")
-        return frozenset(names)
-
-    def _mechanisms(
-        self, hooks: HookRegistry, options: Mapping[str, Any]
-    ) -> tuple[set[str], dict[str, AuthHook]]:
-        """The mechanisms offered: those the engine runs, and those run here."""
-        engine_run: set[str] = set()
-        adapter_run: dict[str, AuthHook] = {}
-        for mechanism, attribute in type(self)._server_mechanisms.items():
-            if mechanism == "CRAM-MD5" and not (
-                options["enable_CRAM_MD5"] and options["authenticator"]
-            ):
-                # Opt-in: an authenticator written for PLAIN/LOGIN reads auth_data.password,
-                # which a CRAM-MD5 exchange cannot give it.
-                continue
-            method = getattr(type(self), attribute)
-            if _is_builtin(method):
-                engine_run.add(mechanism)
-            else:
-                adapter_run[mechanism] = method
-        for mechanism, hook in hooks.auth_mechanisms.items():
-            engine_run.discard(mechanism)
-            adapter_run[mechanism] = hook
-        excluded = {m.upper() for m in options["auth_exclude_mechanism"]}
-        return engine_run - excluded, {m: f for m, f in adapter_run.items() if m not in excluded}
-
-    def _help_entries(self) -> dict[str, HelpEntry]:
-        entries = {}
-        for verb, method in type(self)._commands.items():
-            usage = getattr(method, "__smtp_syntax__", None) or verb
-            extended = getattr(method, "__smtp_syntax_extended__", None) or ""
-            entries[verb] = HelpEntry(usage, extended)
-        return entries
-
-    def _help_verbs(self) -> tuple[str, ...]:
-        verbs = []
-        for verb, method in type(self)._commands.items():
-            when = getattr(method, "__smtp_syntax_when__", None)
-            if verb == "EXPN" or (when and not getattr(self, when, None)):
-                continue
-            verbs.append(verb)
-        return tuple(sorted(verbs))
-
-    @staticmethod
-    def _parse_call_limit(limit: object) -> dict[str, int] | None:
-        if limit is None:
-            return None
-        if isinstance(limit, bool):
-            raise TypeError("command_call_limit must be an int or a dict of str to int")
-        if isinstance(limit, int):
-            return {"*": limit}
-        if not isinstance(limit, dict):
-            raise TypeError("command_call_limit must be an int or a dict of str to int")
-        for key, value in limit.items():
-            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError("command_call_limit must map command names to int")
-        result = {key.upper(): value for key, value in limit.items()}
-        result.setdefault("*", CALL_LIMIT_DEFAULT)
-        return result
+        self._batch: WriteBatch | None = None
+        self._read_view: memoryview = thread_local("view", _read_buffer)
 
     # --- the public surface ---------------------------------------------------------------------
 
@@ -680,7 +302,7 @@ class SMTP(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: start its session (or refuse it when the server is full)."""
         self.loop = loop = asyncio.get_running_loop()
-        self._read_view = _thread_local("view", lambda: memoryview(bytearray(_READ_SIZE)))
+        self._read_view = thread_local("view", _read_buffer)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         tls = transport.get_extra_info("sslcontext") is not None
@@ -702,7 +324,7 @@ class SMTP(asyncio.BufferedProtocol):
             engine.refuse(R.TOO_MANY_CONNECTIONS)
             self._close()
             return
-        self._batch = _thread_local("batch", _WriteBatch)
+        self._batch = thread_local("batch", WriteBatch)
         self._batch.live += 1
         engine.start()
         if engine.closed:  # a PROXY header from an untrusted peer
@@ -824,7 +446,16 @@ class SMTP(asyncio.BufferedProtocol):
         try:
             while not self._closed:
                 if request is not None:
-                    await self._serve_one(request)
+                    try:
+                        result = await self._run_request(request)
+                    except Exception as error:
+                        if engine.closed:  # the connection went away meanwhile
+                            break
+                        engine.fail(error)
+                    else:
+                        if engine.closed:
+                            break
+                        engine.resume(result)
                 self._check_deadline()
                 step = engine.next_request()
                 if step is CLOSED:
@@ -850,70 +481,11 @@ class SMTP(asyncio.BufferedProtocol):
             engine.reply(R.INTERNAL_ERROR)
         self._close()
 
-    async def _serve_one(self, request: Request) -> None:
-        engine = self.engine
-        try:
-            result = await self._run_request(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            if not self._closed:
-                engine.fail(error)
-            return
-        if not self._closed:
-            engine.resume(result)
-
     async def _run_request(self, request: Request) -> object:
         """Run what the engine asked for; its result."""
-        match request:
-            case CallHook(name=name, args=args):
-                return await self._call_hook(name, args)
-            case HandleError(error=error):
-                hook = self._server.hooks.exception
-                assert hook is not None
-                return await _settle(hook(error))
-            case CallLegacy(name=name):
-                return await self._call_legacy(name)
-            case RunCommand(verb=verb, arg=arg):
-                await self._commands[verb](self, arg)
-                return None
-            case RunMechanism(mechanism=mechanism, args=args):
-                return await self._server.mechanisms[mechanism](self, list(args))
-            case Authenticate(mechanism=mechanism, auth_data=auth_data):
-                return await self._authenticate(mechanism, auth_data)
-            case StartTLS():
-                return await self._upgrade()
-        raise AssertionError(f"unknown request {request!r}")  # pragma: no cover
-
-    async def _call_hook(self, name: str, args: tuple[Any, ...]) -> object:
-        hooks = self._server.hooks
-        hook: Callable[..., object] | None
-        if name == "handle_EHLO":
-            hook = hooks.ehlo if hooks.ehlo is not None else hooks.ehlo_legacy
-        else:
-            hook = getattr(hooks, _HOOK_ATTRS[name])
-        assert hook is not None, name
-        engine = self.engine
-        return await _settle(hook(self, engine.session, engine.envelope, *args))
-
-    async def _call_legacy(self, name: str) -> object:
-        if name == "process_message":
-            warnings.warn(
-                "process_message is deprecated; use handle_DATA", DeprecationWarning, stacklevel=2
-            )
-            envelope = self.engine.envelope
-            legacy = getattr(self.event_handler, "process_message")  # noqa: B009
-            return await _settle(
-                legacy(self._peer, envelope.mail_from, envelope.rcpt_tos, envelope.content)
-            )
-        hook = "handle_EHLO" if name == "ehlo_hook" else "handle_RSET"
-        warnings.warn(
-            f"SMTP.{name} is deprecated; use the {hook} handler hook",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        await getattr(self, name)()
-        return None
+        if isinstance(request, StartTLS):
+            return await self._upgrade()
+        return await self._server.run(self, request)
 
     async def drive(self, steps: Generator[Step, Any, object] | None) -> object:
         """Run steps of the engine (from :meth:`ServerEngine.command`, say) to their end: serve
@@ -1010,7 +582,8 @@ class SMTP(asyncio.BufferedProtocol):
             transport.close()
         self._wake()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection at once, without sending what is queued."""
         self._closed = True
         transport = self.transport
         if transport is not None:
@@ -1025,7 +598,9 @@ class SMTP(asyncio.BufferedProtocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _request_shutdown(self) -> None:
+    def request_shutdown(self) -> None:
+        """The server is stopping: close now if idle, else after the current command or
+        message (with ``421``)."""
         engine = self._engine
         if engine is None:
             return
@@ -1145,21 +720,6 @@ class SMTP(asyncio.BufferedProtocol):
             log.debug("%r AUTH response received", self._peer)
         return engine.challenge_answer(event)
 
-    async def _authenticate(self, mechanism: str, auth_data: object) -> AuthResult:
-        server = self._server
-        engine = self.engine
-        if server.authenticator is not None:
-            result = await _settle(
-                server.authenticator(self, engine.session, engine.envelope, mechanism, auth_data)
-            )
-            if not isinstance(result, AuthResult):
-                raise TypeError(f"authenticator returned {type(result).__name__}, not AuthResult")
-            return result
-        if server.auth_callback is not None and isinstance(auth_data, LoginPassword):
-            ok = server.auth_callback(mechanism, auth_data.login, auth_data.password)
-            return AuthResult(success=bool(ok), handled=False, auth_data=auth_data)
-        return AuthResult(success=False, handled=False)
-
     async def auth_PLAIN(self, args: list[str]) -> object:
         """The PLAIN mechanism (RFC 4616); the authorization identity is ignored."""
         return await self.drive(self.engine.auth_plain(args))
@@ -1249,11 +809,4 @@ class SMTP(asyncio.BufferedProtocol):
         await self._builtin("AUTH", arg)
 
 
-async def _settle(result: object) -> Any:
-    """``result``, awaited if it is awaitable (hooks may be sync or async)."""
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
-SMTP._collect_commands()
+SMTP._commands, SMTP._server_mechanisms = collect_commands(SMTP)

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, overload
 
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.auth import (
@@ -98,6 +98,7 @@ __all__ = [
     "Step",
     "Steps",
     "check_reply",
+    "sanitize",
 ]
 
 log: logging.Logger = logging.getLogger("mail.log")
@@ -888,7 +889,7 @@ class ServerEngine(Generic[S, E]):
         command = parse_command(line.text)
         verb, arg = command.verb, command.arg
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%r >> %s", self.peer, _sanitize(line.text))
+            log.debug("%r >> %s", self.peer, sanitize(line.text))
         config = self.config
         limits = config.limits
         if not verb or not verb.isascii() or not verb.isalnum():
@@ -1603,8 +1604,20 @@ class ServerEngine(Generic[S, E]):
         self.reply(config.greeting)
 
 
-def _sanitize(text: str) -> str:
-    found = re.match(r"(\s*AUTH\s+\S+)\s+\S+", text, re.IGNORECASE)
+_AUTH_LINE: Final = re.compile(r"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
+_AUTH_LINE_BYTES: Final = re.compile(rb"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
+
+
+@overload
+def sanitize(text: str) -> str: ...
+@overload
+def sanitize(text: bytes) -> bytes: ...
+def sanitize(text: str | bytes) -> str | bytes:
+    """Mask the argument of an ``AUTH`` command line so credentials never reach a log."""
+    if isinstance(text, bytes):
+        match = _AUTH_LINE_BYTES.match(text)
+        return match.group(1) + b" ********" if match else text
+    found = _AUTH_LINE.match(text)
     return found.group(1) + " ********" if found else text
 
 

@@ -1,0 +1,116 @@
+"""The connections of a server: its connection cap, and the batching of its replies.
+
+:class:`ConnectionTracker` counts the open connections of one listening server and closes them
+on shutdown; :class:`WriteBatch` writes the replies of a thread's connections together once per
+turn of the event loop. Both drive :class:`~typed_smtpd.smtp.SMTP` through its public methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
+
+if TYPE_CHECKING:
+    from typed_smtpd.smtp import SMTP
+
+__all__ = ["ConnectionTracker", "WriteBatch", "thread_local"]
+
+log: logging.Logger = logging.getLogger("mail.log")
+T = TypeVar("T")
+_THREAD_STATE = threading.local()
+
+
+class ConnectionTracker:
+    """The open connections of one listening server, and its connection cap.
+
+    A controller creates one and gives it to every :class:`SMTP` it builds; a connection past
+    ``max_connections`` is answered ``421 4.7.0`` and closed.
+    """
+
+    def __init__(self, max_connections: int | None = None) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1 (or None for no cap)")
+        self.max_connections: int | None = max_connections
+        self._connections: set[SMTP] = set()
+        self._empty: asyncio.Event | None = None
+
+    @property
+    def count(self) -> int:
+        """How many connections are open."""
+        return len(self._connections)
+
+    def _register(self, connection: SMTP) -> bool:
+        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(connection)
+        return True
+
+    def _unregister(self, connection: SMTP) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._empty is not None:
+            self._empty.set()
+
+    async def shutdown(self, grace_period: float) -> None:
+        """Close every connection: idle ones at once with 421, busy ones when their current
+        command or message is done, and whatever is left after ``grace_period`` seconds by force.
+        """
+        for connection in list(self._connections):
+            connection.request_shutdown()
+        if self._connections:
+            self._empty = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._empty.wait(), timeout=max(grace_period, 0.0))
+            except asyncio.TimeoutError:
+                pass
+        for connection in list(self._connections):
+            connection.abort()
+        self._connections.clear()
+
+
+class WriteBatch:
+    """The replies of a thread's connections, written together at the end of a loop turn.
+
+    When several connections are open, the replies produced while the event loop works through
+    one turn's ready sockets are written in one burst at the start of the next turn instead of
+    one by one between reads: the peers are woken together, and the engine's code stays hot in
+    the CPU's caches while it reads. A lone connection is answered at once.
+    """
+
+    __slots__ = ("live", "loop", "pending")
+
+    def __init__(self) -> None:
+        #: Open connections served by this thread.
+        self.live = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[SMTP] = []
+
+    def defer(self, connection: SMTP) -> None:
+        loop = connection.loop
+        if loop is not self.loop:
+            # Another event loop in this thread: what an earlier, stopped one left is moot.
+            self.loop, self.pending = loop, []
+        if not self.pending:
+            loop.call_soon(self.flush)
+        self.pending.append(connection)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for connection in pending:
+            try:
+                connection.flush()
+            except Exception:  # one broken transport must not keep the others' replies
+                session = connection.session
+                log.exception("%r could not write its replies", session and session.peer)
+                connection.abort()
+
+
+def thread_local(name: str, make: Callable[[], T]) -> T:
+    """The value ``name`` of the running thread, made by ``make`` on first use."""
+    value = getattr(_THREAD_STATE, name, None)
+    if value is None:
+        value = make()
+        setattr(_THREAD_STATE, name, value)
+    return cast(T, value)
