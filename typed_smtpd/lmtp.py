@@ -27,5 +27,5 @@ class LMTP(SMTP):
 
     @syntax("LHLO hostname")
     async def smtp_LHLO(self, hostname: str | None) -> None:
-        """LHLO: the LMTP greeting."""
+        """LHLO: the LMTP greeting, as EHLO."""
         await self.drive(self.engine.command("LHLO", hostname))

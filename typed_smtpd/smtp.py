@@ -106,6 +106,19 @@ class TLSSetupException(Exception):
     """The TLS handshake after STARTTLS failed; the connection is closed."""
 
 
+def _builtin(
+    verb: str, usage: str, extended: str | None = None, when: str | None = None
+) -> CommandMethod:
+    """The ``smtp_VERB`` method of a built-in command: it runs the engine's definition."""
+
+    async def command(self: SMTP, arg: str | None) -> None:
+        await self.drive(self.engine.command(verb, arg))
+
+    command.__name__ = f"smtp_{verb}"
+    command.__qualname__ = f"SMTP.smtp_{verb}"
+    return syntax(usage, extended, when)(command)
+
+
 def _read_buffer() -> memoryview:
     return memoryview(bytearray(_READ_SIZE))
 
@@ -736,77 +749,38 @@ class SMTP(asyncio.BufferedProtocol):
 
     # --- the commands: each is the engine's; these run it for subclasses that call them ---------
 
-    async def _builtin(self, verb: str, arg: str | None) -> None:
-        await self.drive(self.engine.command(verb, arg))
-
-    @syntax("HELO hostname")
-    async def smtp_HELO(self, hostname: str | None) -> None:
-        """HELO: greet without ESMTP."""
-        await self._builtin("HELO", hostname)
-
-    @syntax("EHLO hostname")
-    async def smtp_EHLO(self, hostname: str | None) -> None:
-        """EHLO: greet with ESMTP; the reply lists the extensions."""
-        await self._builtin("EHLO", hostname)
-
-    @syntax("NOOP [ignored]")
-    async def smtp_NOOP(self, arg: str | None) -> None:
-        """NOOP: do nothing, successfully."""
-        await self._builtin("NOOP", arg)
-
-    @syntax("QUIT")
-    async def smtp_QUIT(self, arg: str | None) -> None:
-        """QUIT: say goodbye and close."""
-        await self._builtin("QUIT", arg)
-
-    @syntax("RSET")
-    async def smtp_RSET(self, arg: str | None) -> None:
-        """RSET: abandon the transaction."""
-        await self._builtin("RSET", arg)
-
-    @syntax("VRFY <address>")
-    async def smtp_VRFY(self, arg: str | None) -> None:
-        """VRFY: never verifies, as recommended (RFC 5321 section 7.3)."""
-        await self._builtin("VRFY", arg)
-
-    async def smtp_EXPN(self, arg: str | None) -> None:
-        """EXPN: not implemented (RFC 5321 section 7.3 allows refusing it)."""
-        await self._builtin("EXPN", arg)
-
-    @syntax("HELP [command]")
-    async def smtp_HELP(self, arg: str | None) -> None:
-        """HELP: list the commands, or show one command's syntax."""
-        await self._builtin("HELP", arg)
-
-    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        """MAIL FROM: open a transaction."""
-        await self._builtin("MAIL", arg)
-
-    @syntax("RCPT TO: <address>", extended=" [SP <rcpt-parameters>]")
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        """RCPT TO: add a recipient."""
-        await self._builtin("RCPT", arg)
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str | None) -> None:
-        """DATA: receive the message, up to CRLF.CRLF."""
-        await self._builtin("DATA", arg)
-
-    @syntax("BDAT <chunk-size> [LAST]")
-    async def smtp_BDAT(self, arg: str | None) -> None:
-        """BDAT: receive one chunk of the message (RFC 3030)."""
-        await self._builtin("BDAT", arg)
-
-    @syntax("STARTTLS", when="tls_context")
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        """STARTTLS: upgrade the connection to TLS (RFC 3207)."""
-        await self._builtin("STARTTLS", arg)
-
-    @syntax("AUTH <mechanism>")
-    async def smtp_AUTH(self, arg: str | None) -> None:
-        """AUTH: authenticate with a SASL mechanism (RFC 4954)."""
-        await self._builtin("AUTH", arg)
+    #: HELO: greet without ESMTP.
+    smtp_HELO: ClassVar[CommandMethod] = _builtin("HELO", "HELO hostname")
+    #: EHLO: greet with ESMTP; the reply lists the extensions.
+    smtp_EHLO: ClassVar[CommandMethod] = _builtin("EHLO", "EHLO hostname")
+    #: NOOP: do nothing, successfully.
+    smtp_NOOP: ClassVar[CommandMethod] = _builtin("NOOP", "NOOP [ignored]")
+    #: QUIT: say goodbye and close.
+    smtp_QUIT: ClassVar[CommandMethod] = _builtin("QUIT", "QUIT")
+    #: RSET: abandon the transaction.
+    smtp_RSET: ClassVar[CommandMethod] = _builtin("RSET", "RSET")
+    #: VRFY: never verifies, as recommended (RFC 5321 section 7.3).
+    smtp_VRFY: ClassVar[CommandMethod] = _builtin("VRFY", "VRFY <address>")
+    #: EXPN: not implemented (RFC 5321 section 7.3 allows refusing it).
+    smtp_EXPN: ClassVar[CommandMethod] = _builtin("EXPN", "EXPN")
+    #: HELP: list the commands, or show one command's syntax.
+    smtp_HELP: ClassVar[CommandMethod] = _builtin("HELP", "HELP [command]")
+    #: MAIL FROM: open a transaction.
+    smtp_MAIL: ClassVar[CommandMethod] = _builtin(
+        "MAIL", "MAIL FROM: <address>", " [SP <mail-parameters>]"
+    )
+    #: RCPT TO: add a recipient.
+    smtp_RCPT: ClassVar[CommandMethod] = _builtin(
+        "RCPT", "RCPT TO: <address>", " [SP <rcpt-parameters>]"
+    )
+    #: DATA: receive the message, up to CRLF.CRLF.
+    smtp_DATA: ClassVar[CommandMethod] = _builtin("DATA", "DATA")
+    #: BDAT: receive one chunk of the message (RFC 3030).
+    smtp_BDAT: ClassVar[CommandMethod] = _builtin("BDAT", "BDAT <chunk-size> [LAST]")
+    #: STARTTLS: upgrade the connection to TLS (RFC 3207); listed by HELP when TLS is set up.
+    smtp_STARTTLS: ClassVar[CommandMethod] = _builtin("STARTTLS", "STARTTLS", when="tls_context")
+    #: AUTH: authenticate with a SASL mechanism (RFC 4954).
+    smtp_AUTH: ClassVar[CommandMethod] = _builtin("AUTH", "AUTH <mechanism>")
 
 
 SMTP._commands, SMTP._server_mechanisms = collect_commands(SMTP)
