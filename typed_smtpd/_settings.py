@@ -242,7 +242,7 @@ def shared_settings(
     found = _SERVERS.get(key)
     if found is not None and found[0] is handler:
         return found[1]
-    settings = _build(server, handler, options, commands, mechanisms, lmtp)
+    settings = _build(server, handler, options, (commands, mechanisms, lmtp))
     if len(_SERVERS) >= _SERVERS_MAX:
         _SERVERS.clear()
     _SERVERS[key] = (handler, settings)  # the handler is kept, so its id is not reused
@@ -286,11 +286,10 @@ def _build(
     server: SMTP,
     handler: object,
     options: Mapping[str, Any],
-    commands: Mapping[str, CommandMethod],
-    mechanisms: Mapping[str, str],
-    lmtp: bool,
+    shape: tuple[Mapping[str, CommandMethod], Mapping[str, str], bool],
 ) -> ServerSettings:
     _check_options(server, options)
+    commands, mechanisms, lmtp = shape
     cls = type(server)
     limits = Limits(
         data_size_limit=options["data_size_limit"],

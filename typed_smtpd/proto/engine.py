@@ -1163,25 +1163,37 @@ class ServerEngine(Generic[S, E]):
 
     # MAIL, RCPT
 
-    def _mail(self, arg: str | None) -> Steps | None:
-        if not self._sequence_ok(Verb.MAIL):
+    def _path_command(
+        self, verb: Verb, arg: str | None, keyword: str, usage: tuple[str, str]
+    ) -> tuple[str, list[str]] | None:
+        """The address and parameters of ``MAIL FROM:`` or ``RCPT TO:``, or ``None`` after
+        refusing the command (out of sequence, malformed)."""
+        if not self._sequence_ok(verb):
             return None
-        if not arg or arg[:5].upper() != "FROM:":
-            self._usage(_MAIL_USAGE)
+        if not arg or arg[: len(keyword)].upper() != keyword:
+            self._usage(usage)
             return None
-        path, params_text = split_path_and_params(arg[5:])
+        path, params_text = split_path_and_params(arg[len(keyword) :])
         if params_text and not self.session.extended_smtp:
-            self._usage(_MAIL_USAGE)
+            self._usage(usage)
             return None
         try:
-            address = parse_path(path, allow_null=True)
+            mail = verb is Verb.MAIL
+            address = parse_path(path, allow_null=mail, allow_postmaster=not mail)
             params = parse_params(params_text)
         except PathError:
             self.reply(R.MALFORMED_ADDRESS)
             return None
         except ParamError:
-            self._usage(_MAIL_USAGE)
+            self._usage(usage)
             return None
+        return address, params
+
+    def _mail(self, arg: str | None) -> Steps | None:
+        command = self._path_command(Verb.MAIL, arg, "FROM:", _MAIL_USAGE)
+        if command is None:
+            return None
+        address, params = command
         limit = self.config.limits.local_part_limit
         if limit and len(address.rpartition("@")[0]) > limit:
             self.reply(R.LOCAL_PART_TOO_LONG)
@@ -1217,24 +1229,10 @@ class ServerEngine(Generic[S, E]):
         self._accepted(Verb.MAIL)
 
     def _rcpt(self, arg: str | None) -> Steps | None:
-        if not self._sequence_ok(Verb.RCPT):
+        command = self._path_command(Verb.RCPT, arg, "TO:", _RCPT_USAGE)
+        if command is None:
             return None
-        if not arg or arg[:3].upper() != "TO:":
-            self._usage(_RCPT_USAGE)
-            return None
-        path, params_text = split_path_and_params(arg[3:])
-        if params_text and not self.session.extended_smtp:
-            self._usage(_RCPT_USAGE)
-            return None
-        try:
-            address = parse_path(path, allow_null=False, allow_postmaster=True)
-            params = parse_params(params_text)
-        except PathError:
-            self.reply(R.MALFORMED_ADDRESS)
-            return None
-        except ParamError:
-            self._usage(_RCPT_USAGE)
-            return None
+        address, params = command
         parsed = rcpt_params(params)
         if isinstance(parsed, Reply):
             self.reply(parsed)
