@@ -11,16 +11,18 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 if TYPE_CHECKING:
     from typed_smtpd.smtp import SMTP
 
-__all__ = ["ConnectionTracker", "WriteBatch", "thread_local"]
+__all__ = ["ConnectionTracker", "WriteBatch", "thread_local", "tls_info"]
 
 log: logging.Logger = logging.getLogger("mail.log")
 T = TypeVar("T")
 _THREAD_STATE = threading.local()
+#: The transport's extra information copied into a TLS session's ``ssl`` record.
+_TLS_EXTRA: Final = ("sslcontext", "peercert", "cipher", "compression", "peername", "sockname")
 
 
 class ConnectionTracker:
@@ -114,3 +116,12 @@ def thread_local(name: str, make: Callable[[], T]) -> T:
         value = make()
         setattr(_THREAD_STATE, name, value)
     return cast(T, value)
+
+
+def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
+    """What :attr:`Session.ssl <typed_smtpd.session.Session.ssl>` holds for a TLS transport."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    info = {name: transport.get_extra_info(name) for name in _TLS_EXTRA}
+    info["ssl_object"] = ssl_object
+    info["version"] = ssl_object.version() if ssl_object is not None else None
+    return info

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Generator, Iterable
 from typing import Any, ClassVar, Final
 
-from typed_smtpd._connections import ConnectionTracker, WriteBatch, thread_local
+from typed_smtpd._connections import ConnectionTracker, WriteBatch, thread_local, tls_info
 from typed_smtpd._settings import (
     CALL_LIMIT_DEFAULT,
     IDENT,
@@ -330,18 +330,18 @@ class SMTP(asyncio.BufferedProtocol):
         )
         engine.session.peer = peer
         if tls:
-            engine.session.ssl = self._tls_info(transport)
+            engine.session.ssl = tls_info(transport)
         tracker = self.connection_tracker
         if tracker is not None and not tracker._register(self):
             log.warning("%r refused: too many connections", peer)
             engine.refuse(R.TOO_MANY_CONNECTIONS)
-            self._close()
+            self.close()
             return
         self._batch = thread_local("batch", WriteBatch)
         self._batch.live += 1
         engine.start()
         if engine.closed:  # a PROXY header from an untrusted peer
-            self._close()
+            self.close()
             return
         self.flush()  # the greeting goes at once, never batched
         self._arm_timer()
@@ -436,7 +436,7 @@ class SMTP(asyncio.BufferedProtocol):
                 self._spawn(None)  # the task waits for the client to catch up
             self._check_deadline()
         elif request is CLOSED:
-            self._close()
+            self.close()
         else:
             self._spawn(request)
 
@@ -487,12 +487,12 @@ class SMTP(asyncio.BufferedProtocol):
                     self.transport.resume_reading()  # type: ignore[attr-defined]
                 return
         except asyncio.CancelledError:
-            self._close()
+            self.close()
             raise
         except Exception:
             log.exception("%r internal error", self._peer)
             engine.reply(R.INTERNAL_ERROR)
-        self._close()
+        self.close()
 
     async def _run_request(self, request: Request) -> object:
         """Run what the engine asked for; its result."""
@@ -585,9 +585,6 @@ class SMTP(asyncio.BufferedProtocol):
         """Send what is queued, then close the connection."""
         if self._engine is not None:
             self._engine.close()
-        self._close()
-
-    def _close(self) -> None:
         self.flush()
         self._closed = True
         transport = self.transport
@@ -619,7 +616,7 @@ class SMTP(asyncio.BufferedProtocol):
             return
         engine.request_shutdown()
         if engine.closed and self._task is None:
-            self._close()
+            self.close()
 
     # --- the timer ------------------------------------------------------------------------------
 
@@ -651,7 +648,7 @@ class SMTP(asyncio.BufferedProtocol):
             )
         else:
             log.info("%r timed out", self._peer)
-        self._close()
+        self.close()
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
@@ -685,7 +682,7 @@ class SMTP(asyncio.BufferedProtocol):
                 raise
             return None
         if new_transport is None:
-            self._close()
+            self.close()
             return None
         # No clear of the input here: what arrives now was decrypted, so it was sent inside TLS
         # (a client may send its first command right behind its Finished message).
@@ -694,22 +691,8 @@ class SMTP(asyncio.BufferedProtocol):
         session = self._create_session()
         session.peer = old.peer
         session.proxy_data = old.proxy_data
-        session.ssl = self._tls_info(new_transport)
+        session.ssl = tls_info(new_transport)
         return session
-
-    @staticmethod
-    def _tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
-        ssl_object = transport.get_extra_info("ssl_object")
-        return {
-            "ssl_object": ssl_object,
-            "sslcontext": transport.get_extra_info("sslcontext"),
-            "peercert": transport.get_extra_info("peercert"),
-            "cipher": transport.get_extra_info("cipher"),
-            "compression": transport.get_extra_info("compression"),
-            "peername": transport.get_extra_info("peername"),
-            "sockname": transport.get_extra_info("sockname"),
-            "version": ssl_object.version() if ssl_object is not None else None,
-        }
 
     # --- AUTH -----------------------------------------------------------------------------------
 
