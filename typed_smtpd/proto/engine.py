@@ -913,6 +913,10 @@ class ServerEngine(Generic[S, E]):
             return None
         if config.auth_required and verb in AUTH_GATED and not self.session.authenticated:
             return self.refuse_command(verb, arg, R.AUTH_REQUIRED)
+        if verb == "AUTH" and self.state is not State.GREETED and not self.session.extended_smtp:
+            # An ESMTP extension (RFC 4954): a client that greeted with HELO does not know it.
+            self.reply(R.unrecognized(verb))
+            return None
         if self.state is State.IN_BDAT and verb not in _BDAT_ALLOWED:
             # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
             self.reply(sequence_error(State.IN_BDAT, _VERBS.get(verb, Verb.HELP)))
@@ -1461,8 +1465,6 @@ class ServerEngine(Generic[S, E]):
         refusal: Reply | None = None
         if self.state is State.GREETED:
             refusal = R.EHLO_FIRST
-        elif not session.extended_smtp:
-            refusal = R.unrecognized("AUTH")
         elif config.auth_require_tls and not self.tls_active:
             refusal = R.AUTH_ENCRYPTION_REQUIRED
         elif session.authenticated:
