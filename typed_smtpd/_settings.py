@@ -219,34 +219,41 @@ def shared_settings(
     each AUTH mechanism of the class to the name of its ``auth_*`` method.
     """
     _warn_about(options)
-    options = {
-        **options,
-        "ident": IDENT if options["ident"] is None else options["ident"],
-        "auth_exclude_mechanism": tuple(options["auth_exclude_mechanism"] or ()),
-        "proxy_trusted_networks": tuple(options["proxy_trusted_networks"] or ()),
-    }
     cls = type(server)
-    key = (
+    head = (
         cls,
         id(handler),
         server.hostname,
-        id(server.tls_context),
+        server.tls_context,
         server.require_starttls,
         cls.command_size_limit,
         cls.line_length_limit,
         cls.local_part_limit,
         cls.AuthLoginUsernameChallenge,
         cls.AuthLoginPasswordChallenge,
-        _freeze(options),
     )
+    key = (*head, *options.values())
+    try:
+        hash(key)
+    except TypeError:  # a list or dict among the arguments
+        key = (*head, _freeze(options))
     found = _SERVERS.get(key)
     if found is not None and found[0] is handler:
         return found[1]
-    settings = _build(server, handler, options, (commands, mechanisms, lmtp))
+    settings = _build(server, handler, _normalized(options), (commands, mechanisms, lmtp))
     if len(_SERVERS) >= _SERVERS_MAX:
         _SERVERS.clear()
     _SERVERS[key] = (handler, settings)  # the handler is kept, so its id is not reused
     return settings
+
+
+def _normalized(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **options,
+        "ident": IDENT if options["ident"] is None else options["ident"],
+        "auth_exclude_mechanism": tuple(options["auth_exclude_mechanism"] or ()),
+        "proxy_trusted_networks": tuple(options["proxy_trusted_networks"] or ()),
+    }
 
 
 def _warn_about(options: Mapping[str, Any]) -> None:

@@ -423,7 +423,8 @@ class SMTP(asyncio.BufferedProtocol):
     def _pump(self) -> None:
         """Let the engine answer what it can, right here in the read callback; user code it
         asks for runs in a task (:meth:`_serve_requests`)."""
-        engine = self.engine
+        engine = self._engine
+        assert engine is not None
         request = engine.next_request()
         if request is NEED_DATA:
             if engine.has_output:
@@ -434,7 +435,8 @@ class SMTP(asyncio.BufferedProtocol):
                     self.flush()
             if self._write_paused:
                 self._spawn(None)  # the task waits for the client to catch up
-            self._check_deadline()
+            if engine.hard_deadline is not None:
+                self._check_deadline()
         elif request is CLOSED:
             self.close()
         else:
@@ -549,9 +551,9 @@ class SMTP(asyncio.BufferedProtocol):
     def flush(self) -> None:
         """Write what the engine has queued."""
         engine = self._engine
-        if engine is None or not engine.has_output:
+        data = engine.data_to_send() if engine is not None else None
+        if not data:
             return
-        data = engine.data_to_send()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)  # type: ignore[attr-defined]

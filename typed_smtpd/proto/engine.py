@@ -27,6 +27,7 @@ No I/O here.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import secrets
@@ -216,6 +217,8 @@ class EngineConfig:
     _ehlo_plain: tuple[str, ...] = field(init=False, repr=False)
     _ehlo_tls: tuple[str, ...] = field(init=False, repr=False)
     _policies: tuple[MailPolicy, MailPolicy] = field(init=False, repr=False)
+    #: What runs each known verb: the engine's own command, or ``None`` for the adapter's.
+    dispatch: Mapping[str, _Builtin | None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for text in (self.hostname, self.ident):
@@ -235,6 +238,16 @@ class EngineConfig:
             for tls in (False, True)
         )
         set_(self, "_policies", policies)
+        builtins = _BUILTIN_LMTP if self.lmtp else _BUILTIN_SMTP
+        dispatch = {
+            verb: None if verb in self.custom_commands else builtins.get(verb)
+            for verb in self.commands
+        }
+        unknown = [verb for verb, run in dispatch.items() if run is None]
+        missing = set(unknown) - self.custom_commands
+        if missing:
+            raise ValueError(f"no built-in command {', '.join(sorted(missing))}: name it custom")
+        set_(self, "dispatch", dispatch)
 
     def _ehlo_lines(self, *, tls_active: bool) -> tuple[str, ...]:
         lines = [f"250-{self.hostname}"]
@@ -354,6 +367,8 @@ class _Wait(Enum):
 #: A step that waits for the next framed input event (:meth:`ServerEngine.next_input`).
 WAIT_EVENT: Final = _Wait.EVENT
 _WAIT: Final = WAIT_EVENT
+#: Where a shutdown closes the connection at once: no transaction to finish.
+_IDLE_STATES: Final = (State.GREETED, State.READY)
 _WAIT_BYTES: Final = _Wait.BYTES
 
 #: What a command generator yields: a request for the adapter, or a wait for input.
@@ -441,8 +456,11 @@ class ServerEngine(Generic[S, E]):
         "_call_counts",
         "_clock",
         "_deadline",
+        "_enhanced_codes",
         "_eof",
+        "_expect",
         "_fresh",
+        "_gated",
         "_last_activity",
         "_new_envelope",
         "_new_session",
@@ -503,7 +521,11 @@ class ServerEngine(Generic[S, E]):
         self._fresh = False
         self._steps: Steps | None = None
         self._step: Step | None = None
+        #: What takes the next input event when a command waits for content without user code.
+        self._expect: Callable[[Event], Steps | None] | None = None
         self._tls_refused = False
+        self._gated = config.require_starttls or config.call_limits is not None
+        self._enhanced_codes = config.enhanced_status_codes
         self._shutdown_requested = False
         self._bogus = 0
         self._auth_failures = 0
@@ -578,8 +600,15 @@ class ServerEngine(Generic[S, E]):
                 if event is NEED_DATA:
                     return self._idle()
                 self._partial_since = None
+                expect = self._expect
                 try:
-                    steps = self._on_event(event)
+                    if expect is not None:  # the content of DATA, or a BDAT chunk
+                        self._expect = None
+                        steps = expect(event)
+                    elif type(event) is Line:
+                        steps = self._on_line(event)
+                    else:
+                        steps = self._on_event(event)
                 except Exception as error:
                     steps = self._on_error(error)
                 if steps is not None:
@@ -639,7 +668,8 @@ class ServerEngine(Generic[S, E]):
         if not 300 <= reply.code < 400:
             self.final_replies += 1
         if not self.closed:
-            self._out.append(reply.render(enhanced=self.enhanced))
+            enhanced = self._enhanced_codes and self.session.extended_smtp
+            self._out.append(reply._wire_enhanced if enhanced else reply._wire)
 
     def send_line(self, line: bytes) -> None:
         """Queue raw reply lines (CRLF included), as a hook's ``push()`` sends them."""
@@ -669,8 +699,7 @@ class ServerEngine(Generic[S, E]):
         """The server is stopping: close at once when idle, else after the current command or
         message (with ``421``)."""
         self._shutdown_requested = True
-        if self._step is None:
-            self._shut_down_if_idle()
+        self._shut_down_if_idle()
 
     # --- time -----------------------------------------------------------------------------------
 
@@ -710,10 +739,19 @@ class ServerEngine(Generic[S, E]):
         (``await super().smtp_MAIL(arg)``): ``None`` when it was answered at once, else the
         steps for the caller to drive (each a request, or a wait for the next input event,
         which :meth:`next_input` gives)."""
-        run = _BUILTIN_LMTP.get(verb) if self.config.lmtp else None
-        if run is None:
-            run = _BUILTIN[verb]
-        return run(self, arg)
+        run = (_BUILTIN_LMTP if self.config.lmtp else _BUILTIN_SMTP)[verb]
+        steps = run(self, arg)
+        if steps is None and self._expect is not None:
+            return self._expected()  # its caller waits for the content too
+        return steps
+
+    def _expected(self) -> Steps:
+        expect, self._expect = self._expect, None
+        assert expect is not None
+        event = yield _WAIT
+        steps = expect(event)
+        if steps is not None:
+            yield from steps
 
     def next_input(self) -> Event | _NeedData:
         """The next framed input event, for steps driven by the adapter."""
@@ -834,7 +872,7 @@ class ServerEngine(Generic[S, E]):
         self.close()
 
     def _shut_down_if_idle(self) -> None:
-        if self._step is None and self.state in (State.GREETED, State.READY):
+        if self._step is None and self._expect is None and self.state in _IDLE_STATES:
             self.reply(R.SHUTTING_DOWN)
             self.close()
 
@@ -902,12 +940,14 @@ class ServerEngine(Generic[S, E]):
             self.reply(R.COMMAND_TOO_LONG)
             self._count_bogus()
             return None
-        refusal = self._gate(verb)
-        if refusal is not None:
-            return self.refuse_command(verb, arg, refusal)
-        if self.closed:  # over a call limit
-            return None
-        if verb not in config.commands:
+        if self._gated or self._tls_refused:
+            refusal = self._gate(verb)
+            if refusal is not None:
+                return self.refuse_command(verb, arg, refusal)
+            if self.closed:  # over a call limit
+                return None
+        run = config.dispatch.get(verb, _UNKNOWN)
+        if run is _UNKNOWN:
             self.reply(R.unrecognized(verb))
             self._count_bogus()
             return None
@@ -921,9 +961,9 @@ class ServerEngine(Generic[S, E]):
             # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
             self.reply(sequence_error(State.IN_BDAT, _VERBS.get(verb, Verb.HELP)))
             return None
-        if verb in config.custom_commands:
+        if run is None:  # the server class's own smtp_VERB method
             return self._run_custom(verb, arg)
-        return self.command(verb, arg)
+        return run(self, arg)
 
     def _gate(self, verb: str) -> Reply | None:
         """The connection-wide refusals, before the command is looked at."""
@@ -1290,15 +1330,15 @@ class ServerEngine(Generic[S, E]):
         limits = self.config.limits
         self._receiver.start_data(limits.max_data_size)
         self._deadline = self._clock() + limits.data_timeout
-        return self._data_phase()
+        self._expect = self._data_done
+        return None
 
-    def _data_phase(self) -> Steps:
-        event = yield _WAIT
+    def _data_done(self, event: Event) -> Steps | None:
         self._deadline = None
         assert isinstance(event, DataDone)
         if event.raw is None:
             self._refuse_message(event.error or R.DATA_TOO_LARGE)
-            return
+            return None
         limits = self.config.limits
         content = process_content(
             event.raw,
@@ -1306,7 +1346,7 @@ class ServerEngine(Generic[S, E]):
             line_length_limit=limits.line_length_limit,
             unstuff=event.stuffed,
         )
-        yield from self._finish(content)
+        return self._finish(content)
 
     def _bdat(self, arg: str | None) -> Steps | None:
         match = _BDAT_ARG.fullmatch(arg or "")
@@ -1328,10 +1368,12 @@ class ServerEngine(Generic[S, E]):
         # The chunk is read in full even when it is refused (RFC 3030 section 2).
         self._receiver.start_bdat(size, discard=refusal is not None)
         self._deadline = self._clock() + limits.data_timeout
-        return self._bdat_phase(size, verb, refusal)
+        self._expect = functools.partial(self._bdat_done, size, verb, refusal)
+        return None
 
-    def _bdat_phase(self, size: int, verb: Verb, refusal: Reply | None) -> Steps:
-        event = yield _WAIT
+    def _bdat_done(
+        self, size: int, verb: Verb, refusal: Reply | None, event: Event
+    ) -> Steps | None:
         self._deadline = None
         assert isinstance(event, ChunkDone)
         if refusal is not None or event.data is None:
@@ -1343,13 +1385,13 @@ class ServerEngine(Generic[S, E]):
                     self._reset_transaction()
             else:
                 self.reply(refusal)
-            return
+            return None
         self._bdat_chunks.append(event.data)
         self._bdat_size += size
         if verb is Verb.BDAT:
             self.reply(R.chunk_received(size))
             self._accepted(verb)
-            return
+            return None
         raw = b"".join(self._bdat_chunks)
         binary = self.envelope.body == "BINARYMIME"
         limits = self.config.limits
@@ -1359,13 +1401,14 @@ class ServerEngine(Generic[S, E]):
             line_length_limit=None if binary else limits.line_length_limit,
             unstuff=False,
         )
-        yield from self._finish(content)
+        return self._finish(content)
 
-    def _finish(self, content: bytes | Reply) -> Steps:
-        """Deliver a complete message, then end its transaction whatever the outcome."""
+    def _finish(self, content: bytes | Reply) -> Steps | None:
+        """Deliver a complete message, then end its transaction whatever the outcome; the
+        steps of the delivery when user code takes the message."""
         if isinstance(content, Reply):
             self._refuse_message(content)
-            return
+            return None
         envelope = self.envelope
         envelope.original_content = content
         if self.config.decode_data:
@@ -1373,22 +1416,28 @@ class ServerEngine(Generic[S, E]):
                 envelope.content = content.decode(self._encoding)
             except UnicodeDecodeError:
                 self._refuse_message(R.DECODE_ERROR)
-                return
+                return None
         else:
             envelope.content = content
+        config = self.config
+        if config.lmtp or "handle_DATA" in config.hooks or "process_message" in config.hooks:
+            return self._deliver()
+        self.reply(R.OK)
+        self._reset_transaction()
+        return None
+
+    def _deliver(self) -> Steps:
         try:
             if self.config.lmtp:
                 yield from self._deliver_lmtp()
             elif self._has("handle_DATA"):
                 yield from self._hook("handle_DATA")
-            elif self._has("process_message"):
+            else:
                 result = yield CallLegacy("process_message")
                 if result is None:
                     self.reply(R.OK)
                 else:
                     self.send_status(result, "process_message")
-            else:
-                self.reply(R.OK)
         finally:
             self._reset_transaction()
 
@@ -1641,7 +1690,7 @@ _BUILTIN: Final[dict[str, _Builtin]] = {
     "AUTH": ServerEngine._auth,
 }
 #: What LMTP does differently (RFC 2033 section 4.1): LHLO, and no HELO or EHLO.
-_BUILTIN_LMTP: Final[dict[str, _Builtin]] = {
+_LMTP_CHANGES: Final[dict[str, _Builtin]] = {
     "LHLO": ServerEngine._lhlo,
     "HELO": lambda engine, arg: engine.reply(R.unrecognized("HELO")),
     "EHLO": lambda engine, arg: engine.reply(R.unrecognized("EHLO")),
@@ -1660,3 +1709,14 @@ _VERBS: Final = {verb.value: verb for verb in Verb if verb is not Verb.BDAT_LAST
 _BDAT_ALLOWED: Final = frozenset(
     verb.value for (state, verb) in TRANSITIONS if state is State.IN_BDAT
 ) | {"BDAT"}
+_BUILTIN_SMTP: Final = _BUILTIN
+_BUILTIN_LMTP: Final = {**_BUILTIN, **_LMTP_CHANGES}
+
+
+class _Unknown(Enum):
+    """A verb the server does not know."""
+
+    UNKNOWN = auto()
+
+
+_UNKNOWN: Final = _Unknown.UNKNOWN
