@@ -100,6 +100,7 @@ REFERENCE_MODULES = (
     "typed_smtpd.controller",
     "typed_smtpd.handlers",
     "typed_smtpd.lmtp",
+    "typed_smtpd.commands",
     "typed_smtpd.proxy_protocol",
     "typed_smtpd.proto",
     "typed_smtpd.proto.engine",

@@ -49,6 +49,7 @@ IO_MODULES = frozenset(
 PUBLIC_MODULES = (
     "typed_smtpd",
     "typed_smtpd.controller",
+    "typed_smtpd.commands",
     "typed_smtpd.handlers",
     "typed_smtpd.hooks",
     "typed_smtpd.lmtp",

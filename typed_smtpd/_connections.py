@@ -16,11 +16,20 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 if TYPE_CHECKING:
     from typed_smtpd.smtp import SMTP
 
-__all__ = ["ConnectionTracker", "WriteBatch", "thread_local", "tls_info"]
+__all__ = [
+    "ConnectionTracker",
+    "WriteBatch",
+    "read_buffer",
+    "thread_local",
+    "tls_info",
+    "write_batch",
+]
 
 log: logging.Logger = logging.getLogger("mail.log")
 T = TypeVar("T")
 _THREAD_STATE = threading.local()
+#: The size of a thread's read buffer: what asyncio itself asks of one ``recv()``.
+_READ_SIZE: Final = 1 << 18
 #: The transport's extra information copied into a TLS session's ``ssl`` record.
 _TLS_EXTRA: Final = ("sslcontext", "peercert", "cipher", "compression", "peername", "sockname")
 
@@ -125,3 +134,14 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
     info["ssl_object"] = ssl_object
     info["version"] = ssl_object.version() if ssl_object is not None else None
     return info
+
+
+def read_buffer() -> memoryview:
+    """The running thread's read buffer, into which the event loop reads for every connection
+    of the thread (its reads are handed on before the next one starts)."""
+    return thread_local("view", lambda: memoryview(bytearray(_READ_SIZE)))
+
+
+def write_batch() -> WriteBatch:
+    """The running thread's :class:`WriteBatch`."""
+    return thread_local("batch", WriteBatch)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -82,7 +83,32 @@ def syntax(text: str, extended: str | None = None, when: str | None = None) -> C
 #: The default of each per-command limit when ``command_call_limit`` is a dict without ``"*"``.
 CALL_LIMIT_DEFAULT: Final = 20
 #: The modules whose ``smtp_VERB`` and ``auth_*`` methods only hand over to the engine.
-_OWN_MODULES: Final = frozenset({"typed_smtpd.smtp", "typed_smtpd.lmtp"})
+_OWN_MODULES: Final = frozenset({"typed_smtpd.smtp", "typed_smtpd.lmtp", "typed_smtpd.commands"})
+#: The arguments of ``SMTP.__init__`` that configure the server (the others are the handler and
+#: what each connection keeps for itself: its name, TLS context, loop and tracker).
+_OPTION_NAMES: Final = (
+    "data_size_limit",
+    "enable_SMTPUTF8",
+    "decode_data",
+    "ident",
+    "timeout",
+    "auth_required",
+    "auth_require_tls",
+    "auth_exclude_mechanism",
+    "auth_callback",
+    "command_call_limit",
+    "authenticator",
+    "proxy_protocol_timeout",
+    "bare_newline",
+    "max_recipients",
+    "bogus_limit",
+    "data_timeout",
+    "max_auth_failures",
+    "proxy_trusted_networks",
+    "enhanced_status_codes",
+    "enable_CRAM_MD5",
+)
+_option_values: Final = operator.itemgetter(*_OPTION_NAMES)
 #: The registry attribute of each hook the engine calls by name.
 HOOK_ATTRIBUTES: Final = {
     "handle_HELO": "helo",
@@ -214,6 +240,7 @@ def shared_settings(
 ) -> ServerSettings:
     """The settings of the server ``server`` belongs to: cached per server class, handler,
     announced name, TLS context and every other constructor argument, and built on a miss.
+    ``options`` holds the constructor's arguments by name (others in it are ignored).
 
     ``commands`` maps each verb of the server class to its ``smtp_VERB`` method, ``mechanisms``
     each AUTH mechanism of the class to the name of its ``auth_*`` method.
@@ -232,11 +259,12 @@ def shared_settings(
         cls.AuthLoginUsernameChallenge,
         cls.AuthLoginPasswordChallenge,
     )
-    key = (*head, *options.values())
+    values = _option_values(options)
+    key = (*head, *values)
     try:
         hash(key)
     except TypeError:  # a list or dict among the arguments
-        key = (*head, _freeze(options))
+        key = (*head, _freeze(values))
     found = _SERVERS.get(key)
     if found is not None and found[0] is handler:
         return found[1]
@@ -249,7 +277,7 @@ def shared_settings(
 
 def _normalized(options: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        **options,
+        **dict(zip(_OPTION_NAMES, _option_values(options), strict=True)),
         "ident": IDENT if options["ident"] is None else options["ident"],
         "auth_exclude_mechanism": tuple(options["auth_exclude_mechanism"] or ()),
         "proxy_trusted_networks": tuple(options["proxy_trusted_networks"] or ()),

@@ -22,9 +22,9 @@ import socket
 import ssl
 import sys
 from collections.abc import Generator, Iterable
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from typed_smtpd._connections import ConnectionTracker, WriteBatch, thread_local, tls_info
+from typed_smtpd._connections import ConnectionTracker, read_buffer, tls_info, write_batch
 from typed_smtpd._settings import (
     CALL_LIMIT_DEFAULT,
     IDENT,
@@ -35,6 +35,7 @@ from typed_smtpd._settings import (
     shared_settings,
     syntax,
 )
+from typed_smtpd.commands import BuiltinCommands
 from typed_smtpd.hooks import auth_mechanism
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.engine import (
@@ -68,6 +69,9 @@ from typed_smtpd.session import (
     _Missing,
 )
 
+if TYPE_CHECKING:
+    from typed_smtpd._connections import WriteBatch
+
 __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
     "BOGUS_LIMIT",
@@ -95,32 +99,10 @@ __ident__: Final = IDENT
 #: A receive buffer larger than this while user code runs pauses reading from the client.
 _HIGH_WATER: Final = 1 << 20
 _TLS_HANDSHAKE_TIMEOUT: Final = 30.0
-_READ_SIZE: Final = 1 << 18  # 256 KiB, what asyncio itself asks of one recv()
-#: The constructor's arguments that are not part of the server's shared settings.
-_PER_CONNECTION: Final = frozenset(
-    {"self", "handler", "hostname", "tls_context", "require_starttls", "loop", "connection_tracker"}
-)
 
 
 class TLSSetupException(Exception):
     """The TLS handshake after STARTTLS failed; the connection is closed."""
-
-
-def _builtin(
-    verb: str, usage: str, extended: str | None = None, when: str | None = None
-) -> CommandMethod:
-    """The ``smtp_VERB`` method of a built-in command: it runs the engine's definition."""
-
-    async def command(self: SMTP, arg: str | None) -> None:
-        await self.drive(self.engine.command(verb, arg))
-
-    command.__name__ = f"smtp_{verb}"
-    command.__qualname__ = f"SMTP.smtp_{verb}"
-    return syntax(usage, extended, when)(command)
-
-
-def _read_buffer() -> memoryview:
-    return memoryview(bytearray(_READ_SIZE))
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,7 +111,7 @@ def _fqdn() -> str:
     return socket.getfqdn()
 
 
-class SMTP(asyncio.BufferedProtocol):
+class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
     """The SMTP protocol for one connection: give ``lambda: SMTP(handler)`` to ``create_server``.
 
     Every keyword argument of aiosmtpd's ``SMTP`` is accepted with its meaning and default; the
@@ -152,7 +134,6 @@ class SMTP(asyncio.BufferedProtocol):
         "_server",
         "_task",
         "_timer",
-        "_timer_when",
         "_waiter",
         "_write_paused",
         "connection_tracker",
@@ -211,8 +192,7 @@ class SMTP(asyncio.BufferedProtocol):
         enable_CRAM_MD5: bool = False,
         connection_tracker: ConnectionTracker | None = None,
     ) -> None:
-        # Every argument but the handler and those kept per connection configures the server.
-        options = {k: v for k, v in locals().items() if k not in _PER_CONNECTION}
+        options = locals()  # the settings take the arguments that configure the server
         self.event_handler: object = handler
         self.data_size_limit: int | None = data_size_limit
         self.enable_SMTPUTF8: bool = enable_SMTPUTF8
@@ -245,9 +225,8 @@ class SMTP(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
         self._batch: WriteBatch | None = None
-        self._read_view: memoryview = thread_local("view", _read_buffer)
+        self._read_view = read_buffer()  # implicit TLS may read before connection_made()
 
     # --- the public surface ---------------------------------------------------------------------
 
@@ -306,16 +285,12 @@ class SMTP(asyncio.BufferedProtocol):
         """Make the :class:`Envelope` of a new transaction (override for a subclass of it)."""
         return Envelope()
 
-    @property
-    def _peer(self) -> PeerType:
-        return None if self._engine is None else self._engine.session.peer
-
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: start its session (or refuse it when the server is full)."""
         self.loop = loop = asyncio.get_running_loop()
-        self._read_view = thread_local("view", _read_buffer)
+        self._read_view = read_buffer()
         self.transport = transport
         peer = transport.get_extra_info("peername")
         tls = transport.get_extra_info("sslcontext") is not None
@@ -337,7 +312,7 @@ class SMTP(asyncio.BufferedProtocol):
             engine.refuse(R.TOO_MANY_CONNECTIONS)
             self.close()
             return
-        self._batch = thread_local("batch", WriteBatch)
+        self._batch = write_batch()
         self._batch.live += 1
         engine.start()
         if engine.closed:  # a PROXY header from an untrusted peer
@@ -393,7 +368,7 @@ class SMTP(asyncio.BufferedProtocol):
         if batch is not None:
             batch.live -= 1
         if exc is not None:
-            log.info("%r connection lost: %s", self._peer, exc)
+            log.info("%r connection lost: %s", self.session and self.session.peer, exc)
         if self.connection_tracker is not None:
             self.connection_tracker._unregister(self)
         if self._timer is not None:
@@ -492,7 +467,7 @@ class SMTP(asyncio.BufferedProtocol):
             self.close()
             raise
         except Exception:
-            log.exception("%r internal error", self._peer)
+            log.exception("%r internal error", engine.peer)
             engine.reply(R.INTERNAL_ERROR)
         self.close()
 
@@ -623,16 +598,14 @@ class SMTP(asyncio.BufferedProtocol):
     # --- the timer ------------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        when = self._timer_when = self.engine.next_deadline()
-        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer = self.loop.call_at(self.engine.next_deadline(), self._on_timer)
 
     def _check_deadline(self) -> None:
         """The one timer only ever moves earlier here (for a DATA, BDAT or PROXY deadline);
         one that fires early finds out what is due then and re-arms itself."""
-        deadline = self.engine.hard_deadline
-        if deadline is not None and deadline < self._timer_when and not self._closed:
-            if self._timer is not None:
-                self._timer.cancel()
+        deadline, timer = self.engine.hard_deadline, self._timer
+        if deadline is not None and timer is not None and deadline < timer.when():
+            timer.cancel()
             self._arm_timer()
 
     def _on_timer(self) -> None:
@@ -645,11 +618,9 @@ class SMTP(asyncio.BufferedProtocol):
             self._arm_timer()
             return
         if expired is Expiry.HOOK:
-            log.error(
-                "%r a handler hook did not answer within %s s", self._peer, self.limits.timeout
-            )
+            log.error("%r a handler hook did not answer in %s s", engine.peer, self.limits.timeout)
         else:
-            log.info("%r timed out", self._peer)
+            log.info("%r timed out", engine.peer)
         self.close()
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -674,7 +645,7 @@ class SMTP(asyncio.BufferedProtocol):
             )
         except BaseException as error:  # CancelledError too: the timer may cut the handshake
             if not isinstance(error, asyncio.CancelledError):
-                log.info("%r TLS handshake failed: %s", self._peer, error)
+                log.info("%r TLS handshake failed: %s", self.engine.peer, error)
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
             # asyncio does not report connection_lost for a handshake that never completed:
@@ -715,57 +686,8 @@ class SMTP(asyncio.BufferedProtocol):
         engine.start_challenge(challenge, encode=encode_to_b64)
         event = await self._next_event()
         if log_client_response and event is not None:
-            log.debug("%r AUTH response received", self._peer)
+            log.debug("%r AUTH response received", engine.peer)
         return engine.challenge_answer(event)
-
-    async def auth_PLAIN(self, args: list[str]) -> object:
-        """The PLAIN mechanism (RFC 4616); the authorization identity is ignored."""
-        return await self.drive(self.engine.auth_plain(args))
-
-    async def auth_LOGIN(self, args: list[str]) -> object:
-        """The LOGIN mechanism (draft-murchison-sasl-login)."""
-        return await self.drive(self.engine.auth_login(args))
-
-    @auth_mechanism("CRAM-MD5")
-    async def auth_CRAM__MD5(self, args: list[str]) -> object:
-        """The CRAM-MD5 mechanism (RFC 2195): the authenticator gets a
-        :class:`~typed_smtpd.session.CramMD5Response` and checks a password with ``verify()``."""
-        return await self.drive(self.engine.auth_cram_md5(args))
-
-    # --- the commands: each is the engine's; these run it for subclasses that call them ---------
-
-    #: HELO: greet without ESMTP.
-    smtp_HELO: ClassVar[CommandMethod] = _builtin("HELO", "HELO hostname")
-    #: EHLO: greet with ESMTP; the reply lists the extensions.
-    smtp_EHLO: ClassVar[CommandMethod] = _builtin("EHLO", "EHLO hostname")
-    #: NOOP: do nothing, successfully.
-    smtp_NOOP: ClassVar[CommandMethod] = _builtin("NOOP", "NOOP [ignored]")
-    #: QUIT: say goodbye and close.
-    smtp_QUIT: ClassVar[CommandMethod] = _builtin("QUIT", "QUIT")
-    #: RSET: abandon the transaction.
-    smtp_RSET: ClassVar[CommandMethod] = _builtin("RSET", "RSET")
-    #: VRFY: never verifies, as recommended (RFC 5321 section 7.3).
-    smtp_VRFY: ClassVar[CommandMethod] = _builtin("VRFY", "VRFY <address>")
-    #: EXPN: not implemented (RFC 5321 section 7.3 allows refusing it).
-    smtp_EXPN: ClassVar[CommandMethod] = _builtin("EXPN", "EXPN")
-    #: HELP: list the commands, or show one command's syntax.
-    smtp_HELP: ClassVar[CommandMethod] = _builtin("HELP", "HELP [command]")
-    #: MAIL FROM: open a transaction.
-    smtp_MAIL: ClassVar[CommandMethod] = _builtin(
-        "MAIL", "MAIL FROM: <address>", " [SP <mail-parameters>]"
-    )
-    #: RCPT TO: add a recipient.
-    smtp_RCPT: ClassVar[CommandMethod] = _builtin(
-        "RCPT", "RCPT TO: <address>", " [SP <rcpt-parameters>]"
-    )
-    #: DATA: receive the message, up to CRLF.CRLF.
-    smtp_DATA: ClassVar[CommandMethod] = _builtin("DATA", "DATA")
-    #: BDAT: receive one chunk of the message (RFC 3030).
-    smtp_BDAT: ClassVar[CommandMethod] = _builtin("BDAT", "BDAT <chunk-size> [LAST]")
-    #: STARTTLS: upgrade the connection to TLS (RFC 3207); listed by HELP when TLS is set up.
-    smtp_STARTTLS: ClassVar[CommandMethod] = _builtin("STARTTLS", "STARTTLS", when="tls_context")
-    #: AUTH: authenticate with a SASL mechanism (RFC 4954).
-    smtp_AUTH: ClassVar[CommandMethod] = _builtin("AUTH", "AUTH <mechanism>")
 
 
 SMTP._commands, SMTP._server_mechanisms = collect_commands(SMTP)

@@ -217,6 +217,8 @@ class EngineConfig:
     _ehlo_plain: tuple[str, ...] = field(init=False, repr=False)
     _ehlo_tls: tuple[str, ...] = field(init=False, repr=False)
     _policies: tuple[MailPolicy, MailPolicy] = field(init=False, repr=False)
+    #: The reply to HELO, on the wire.
+    helo_reply: bytes = field(init=False, repr=False)
     #: What runs each known verb: the engine's own command, or ``None`` for the adapter's.
     dispatch: Mapping[str, _Builtin | None] = field(init=False, repr=False)
 
@@ -238,6 +240,8 @@ class EngineConfig:
             for tls in (False, True)
         )
         set_(self, "_policies", policies)
+        encoding = "utf-8" if self.smtputf8 else "ascii"
+        set_(self, "helo_reply", f"250 {self.hostname}\r\n".encode(encoding))
         builtins = _BUILTIN_LMTP if self.lmtp else _BUILTIN_SMTP
         dispatch = {
             verb: None if verb in self.custom_commands else builtins.get(verb)
@@ -899,9 +903,6 @@ class ServerEngine(Generic[S, E]):
         status = yield CallHook(name, args)
         return self.send_status(status, name)
 
-    def _has(self, hook: str) -> bool:
-        return hook in self.config.hooks
-
     @property
     def _encoding(self) -> str:
         return "utf-8" if self.config.smtputf8 else "ascii"
@@ -1042,9 +1043,9 @@ class ServerEngine(Generic[S, E]):
         session = self.session
         self._reset_transaction()
         session.extended_smtp = False
-        if not self._has("handle_HELO"):
+        if "handle_HELO" not in self.config.hooks:
             session.host_name = hostname
-            self.send_line(f"250 {self.config.hostname}\r\n".encode(self._encoding))
+            self.send_line(self.config.helo_reply)
             self._accepted(Verb.HELO)
             return None
         return self._helo_hooked(hostname)
@@ -1066,7 +1067,7 @@ class ServerEngine(Generic[S, E]):
         self._reset_transaction()
         session.extended_smtp = True
         config = self.config
-        if not (self._has("handle_EHLO") or "ehlo_hook" in config.legacy):
+        if not ("handle_EHLO" in self.config.hooks or "ehlo_hook" in config.legacy):
             lines = config.ehlo_lines(tls_active=self.tls_active)
             self.send_line(("\r\n".join(lines) + "\r\n").encode("utf-8", "replace"))
             session.host_name = hostname
@@ -1078,7 +1079,7 @@ class ServerEngine(Generic[S, E]):
         session = self.session
         responses = self.config.ehlo_lines(tls_active=self.tls_active)
         before = session.host_name
-        if not self._has("handle_EHLO"):
+        if "handle_EHLO" not in self.config.hooks:
             # The deprecated ehlo_hook method of an aiosmtpd subclass: it may push lines
             # between the extensions and the last line.
             for line in responses[:-1]:
@@ -1130,7 +1131,7 @@ class ServerEngine(Generic[S, E]):
     # NOOP, QUIT, RSET, VRFY, EXPN, HELP
 
     def _noop(self, arg: str | None) -> Steps | None:
-        if not self._has("handle_NOOP"):
+        if "handle_NOOP" not in self.config.hooks:
             self.reply(R.OK)
             return None
         return self._hooked("handle_NOOP", arg or "")
@@ -1142,7 +1143,7 @@ class ServerEngine(Generic[S, E]):
         if arg:
             self.reply(R.syntax("QUIT"))
             return None
-        if not self._has("handle_QUIT"):
+        if "handle_QUIT" not in self.config.hooks:
             self.reply(R.BYE)
             self.close()
             return None
@@ -1161,7 +1162,7 @@ class ServerEngine(Generic[S, E]):
             return None
         self._reset_transaction()
         self.state = TRANSITIONS[self.state, Verb.RSET]
-        if self._has("handle_RSET"):
+        if "handle_RSET" in self.config.hooks:
             return self._hooked("handle_RSET")
         if "rset_hook" in self.config.legacy:
             return self._rset_legacy()
@@ -1183,7 +1184,7 @@ class ServerEngine(Generic[S, E]):
         except PathError:
             self.reply(R.VRFY_UNPARSABLE)
             return None
-        if not self._has("handle_VRFY"):
+        if "handle_VRFY" not in self.config.hooks:
             self.reply(R.CANNOT_VRFY)
             return None
         return self._hooked("handle_VRFY", address)
@@ -1249,7 +1250,7 @@ class ServerEngine(Generic[S, E]):
         if not address.isascii() and not parsed.smtp_utf8:
             self.reply(R.NEED_UTF8)
             return None
-        if not self._has("handle_MAIL"):
+        if "handle_MAIL" not in self.config.hooks:
             self.reply(R.MAIL_OK)
             self._mail_accepted(address, params, parsed)
             return None
@@ -1294,7 +1295,7 @@ class ServerEngine(Generic[S, E]):
         if limit is not None and len(envelope.rcpt_tos) >= limit:
             self.reply(R.TOO_MANY_RECIPIENTS)
             return None
-        if not self._has("handle_RCPT"):
+        if "handle_RCPT" not in self.config.hooks:
             self.reply(R.RCPT_OK)
             self._rcpt_accepted(address, params, dsn, len(envelope.rcpt_tos))
             return None
@@ -1430,7 +1431,7 @@ class ServerEngine(Generic[S, E]):
         try:
             if self.config.lmtp:
                 yield from self._deliver_lmtp()
-            elif self._has("handle_DATA"):
+            elif "handle_DATA" in self.config.hooks:
                 yield from self._hook("handle_DATA")
             else:
                 result = yield CallLegacy("process_message")
@@ -1451,8 +1452,8 @@ class ServerEngine(Generic[S, E]):
     def _deliver_lmtp(self) -> Steps:
         """RFC 2033 section 4.2: one final reply per accepted recipient, in RCPT order."""
         recipients = list(self.envelope.rcpt_tos)
-        per_recipient = self._has("handle_DATA_recipient")
-        if self._has("handle_DATA"):
+        per_recipient = "handle_DATA_recipient" in self.config.hooks
+        if "handle_DATA" in self.config.hooks:
             try:
                 status = yield CallHook("handle_DATA", ())
                 common = check_reply(status, "handle_DATA")
@@ -1501,7 +1502,7 @@ class ServerEngine(Generic[S, E]):
         self.tls_active = True
         self._reset_transaction()
         self._accepted(Verb.STARTTLS)
-        if self._has("handle_STARTTLS"):
+        if "handle_STARTTLS" in self.config.hooks:
             verdict = yield CallHook("handle_STARTTLS", ())
             if not verdict:
                 self._tls_refused = True
@@ -1529,7 +1530,7 @@ class ServerEngine(Generic[S, E]):
         if len(args) > 2:
             self.reply(R.AUTH_TOO_MANY_VALUES)
             return None
-        if self._has("handle_AUTH"):
+        if "handle_AUTH" in self.config.hooks:
             return self._auth_hooked(args)
         mechanism = args[0].upper()
         if mechanism not in config.mechanisms:
@@ -1644,7 +1645,7 @@ class ServerEngine(Generic[S, E]):
             return
         self._receiver.consume(len(result.whole_raw))
         self.session.proxy_data = result
-        if self._has("handle_PROXY"):
+        if "handle_PROXY" in self.config.hooks:
             verdict = yield CallHook("handle_PROXY", (result,))
             if not verdict:
                 log.info("%r connection refused by handle_PROXY", self.peer)
