@@ -158,9 +158,12 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
     _server_mechanisms: ClassVar[dict[str, str]] = {}
     _lmtp: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, lmtp: bool | None = None, **kwargs: Any) -> None:
+        """Collect a subclass's commands; ``class LMTP(SMTP, lmtp=True)`` speaks LMTP."""
         super().__init_subclass__(**kwargs)
         cls._commands, cls._server_mechanisms = collect_commands(cls)
+        if lmtp is not None:
+            cls._lmtp = lmtp
 
     def __init__(
         self,

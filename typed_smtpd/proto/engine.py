@@ -72,7 +72,14 @@ from typed_smtpd.proto.limits import Limits
 from typed_smtpd.proto.params import MailParams, MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.proxy import IPNetwork, ProxyData, is_trusted_peer, parse_proxy_header
 from typed_smtpd.proto.replies import Reply
-from typed_smtpd.proto.state import TRANSITIONS, State, Verb, allowed, sequence_error
+from typed_smtpd.proto.state import (
+    BAD_SEQUENCE,
+    TRANSITIONS,
+    State,
+    Verb,
+    allowed,
+    sequence_error,
+)
 
 __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
@@ -929,16 +936,9 @@ class ServerEngine(Generic[S, E]):
         verb, arg = command.verb, command.arg
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%r >> %s", self.peer, sanitize(line.text))
-        config = self.config
-        limits = config.limits
-        if not verb or not verb.isascii() or not verb.isalnum():
-            self.reply(R.BAD_SYNTAX)
-            self._count_bogus()
-            return None
-        if line.size > limits.command_size_limit and line.size > limits.command_limit(
-            verb, extended=self.session.extended_smtp
-        ):
-            self.reply(R.COMMAND_TOO_LONG)
+        malformed = self._malformed(verb, line.size)
+        if malformed is not None:
+            self.reply(malformed)
             self._count_bogus()
             return None
         if self._gated or self._tls_refused:
@@ -947,24 +947,43 @@ class ServerEngine(Generic[S, E]):
                 return self.refuse_command(verb, arg, refusal)
             if self.closed:  # over a call limit
                 return None
-        run = config.dispatch.get(verb, _UNKNOWN)
+        run = self.config.dispatch.get(verb, _UNKNOWN)
         if run is _UNKNOWN:
             self.reply(R.unrecognized(verb))
             self._count_bogus()
             return None
-        if config.auth_required and verb in AUTH_GATED and not self.session.authenticated:
+        if self.config.auth_required and verb in AUTH_GATED and not self.session.authenticated:
             return self.refuse_command(verb, arg, R.AUTH_REQUIRED)
-        if verb == "AUTH" and self.state is not State.GREETED and not self.session.extended_smtp:
-            # An ESMTP extension (RFC 4954): a client that greeted with HELO does not know it.
-            self.reply(R.unrecognized(verb))
-            return None
-        if self.state is State.IN_BDAT and verb not in _BDAT_ALLOWED:
-            # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
-            self.reply(sequence_error(State.IN_BDAT, _VERBS.get(verb, Verb.HELP)))
+        misplaced = self._misplaced(verb)
+        if misplaced is not None:
+            self.reply(misplaced)
             return None
         if run is None:  # the server class's own smtp_VERB method
             return self._run_custom(verb, arg)
         return run(self, arg)
+
+    def _malformed(self, verb: str, size: int) -> Reply | None:
+        """The refusal of a line that is no command at all (counted as a bad command)."""
+        if not verb or not verb.isascii() or not verb.isalnum():
+            return R.BAD_SYNTAX
+        limits = self.config.limits
+        if size > limits.command_size_limit and size > limits.command_limit(
+            verb, extended=self.session.extended_smtp
+        ):
+            return R.COMMAND_TOO_LONG
+        return None
+
+    def _misplaced(self, verb: str) -> Reply | None:
+        """The refusal of a known command that the dialog so far rules out before it runs."""
+        state = self.state
+        if verb == "AUTH" and state is not State.GREETED and not self.session.extended_smtp:
+            # An ESMTP extension (RFC 4954): a client that greeted with HELO does not know it.
+            return R.unrecognized(verb)
+        if state is State.IN_BDAT and verb not in _BDAT_ALLOWED:
+            # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
+            known = _VERBS.get(verb)  # a subclass's own command is no Verb of the table
+            return BAD_SEQUENCE if known is None else sequence_error(state, known)
+        return None
 
     def _gate(self, verb: str) -> Reply | None:
         """The connection-wide refusals, before the command is looked at."""
@@ -1121,12 +1140,6 @@ class ServerEngine(Generic[S, E]):
 
     def _lhlo(self, hostname: str | None) -> Steps | None:
         return self._ehlo(hostname, Verb.LHLO)
-
-    def _refused_in_lmtp(self, verb: str) -> Callable[[str | None], None]:
-        def refuse(arg: str | None) -> None:
-            self.reply(R.unrecognized(verb))
-
-        return refuse
 
     # NOOP, QUIT, RSET, VRFY, EXPN, HELP
 
