@@ -405,12 +405,11 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         assert engine is not None
         request = engine.next_request()
         if request is NEED_DATA:
-            if engine.has_output:
-                batch = self._batch
-                if batch is not None and batch.live > 1:
-                    batch.defer(self)
-                else:
-                    self.flush()
+            batch = self._batch
+            if batch is None or batch.live < 2:
+                self.flush()
+            elif engine.has_output:
+                batch.defer(self)
             if self._write_paused:
                 self._spawn(None)  # the task waits for the client to catch up
             if engine.hard_deadline is not None:

@@ -466,7 +466,6 @@ class ServerEngine(Generic[S, E]):
         "_busy_since",
         "_call_counts",
         "_clock",
-        "_deadline",
         "_enhanced_codes",
         "_eof",
         "_expect",
@@ -487,6 +486,7 @@ class ServerEngine(Generic[S, E]):
         "config",
         "envelope",
         "final_replies",
+        "hard_deadline",
         "peer",
         "session",
         "state",
@@ -548,7 +548,8 @@ class ServerEngine(Generic[S, E]):
         self._busy = False
         self._busy_since = now
         self._partial_since: float | None = None
-        self._deadline: float | None = None
+        #: The deadline of the DATA, BDAT or PROXY phase in progress, if any.
+        self.hard_deadline: float | None = None
 
     # --- the adapter's interface ----------------------------------------------------------------
 
@@ -609,7 +610,11 @@ class ServerEngine(Generic[S, E]):
             if step is None:
                 event = self._receiver.next_event()
                 if event is NEED_DATA:
-                    return self._idle()
+                    if self._eof or self._busy:
+                        return self._idle()
+                    if self._partial_since is None and self._receiver.partial:
+                        self._partial_since = self._clock()  # as _idle() does, inline
+                    return NEED_DATA
                 self._partial_since = None
                 expect = self._expect
                 try:
@@ -723,13 +728,8 @@ class ServerEngine(Generic[S, E]):
             due = self._last_activity + timeout
             if self._partial_since is not None:
                 due = min(due, self._partial_since + timeout)
-        deadline = self._deadline
+        deadline = self.hard_deadline
         return due if deadline is None else min(due, deadline)
-
-    @property
-    def hard_deadline(self) -> float | None:
-        """The deadline of the DATA, BDAT or PROXY phase in progress, if any."""
-        return self._deadline
 
     def expire(self) -> Expiry | None:
         """Called at or after :meth:`next_deadline`: ``None`` if nothing is due yet; else the
@@ -737,7 +737,7 @@ class ServerEngine(Generic[S, E]):
         now = self._clock()
         if now < self.next_deadline():
             return None
-        deadline = self._deadline
+        deadline = self.hard_deadline
         kind = Expiry.HOOK if self._busy and (deadline is None or now < deadline) else Expiry.IDLE
         self.reply(R.TIMEOUT)
         self.close()
@@ -877,7 +877,7 @@ class ServerEngine(Generic[S, E]):
     def _abandon(self) -> None:
         steps = self._steps
         self._steps = self._step = None
-        self._deadline = None
+        self.hard_deadline = None
         if steps is not None:
             steps.close()
         self.close()
@@ -954,10 +954,11 @@ class ServerEngine(Generic[S, E]):
             return None
         if self.config.auth_required and verb in AUTH_GATED and not self.session.authenticated:
             return self.refuse_command(verb, arg, R.AUTH_REQUIRED)
-        misplaced = self._misplaced(verb)
-        if misplaced is not None:
-            self.reply(misplaced)
-            return None
+        if verb == "AUTH" or self.state is State.IN_BDAT:
+            misplaced = self._misplaced(verb)
+            if misplaced is not None:
+                self.reply(misplaced)
+                return None
         if run is None:  # the server class's own smtp_VERB method
             return self._run_custom(verb, arg)
         return run(self, arg)
@@ -1343,12 +1344,12 @@ class ServerEngine(Generic[S, E]):
         self.reply(R.ENTER_DATA)
         limits = self.config.limits
         self._receiver.start_data(limits.max_data_size)
-        self._deadline = self._clock() + limits.data_timeout
+        self.hard_deadline = self._clock() + limits.data_timeout
         self._expect = self._data_done
         return None
 
     def _data_done(self, event: Event) -> Steps | None:
-        self._deadline = None
+        self.hard_deadline = None
         assert isinstance(event, DataDone)
         if event.raw is None:
             self._refuse_message(event.error or R.DATA_TOO_LARGE)
@@ -1381,14 +1382,14 @@ class ServerEngine(Generic[S, E]):
             refusal = R.DATA_TOO_LARGE
         # The chunk is read in full even when it is refused (RFC 3030 section 2).
         self._receiver.start_bdat(size, discard=refusal is not None)
-        self._deadline = self._clock() + limits.data_timeout
+        self.hard_deadline = self._clock() + limits.data_timeout
         self._expect = functools.partial(self._bdat_done, size, verb, refusal)
         return None
 
     def _bdat_done(
         self, size: int, verb: Verb, refusal: Reply | None, event: Event
     ) -> Steps | None:
-        self._deadline = None
+        self.hard_deadline = None
         assert isinstance(event, ChunkDone)
         if refusal is not None or event.data is None:
             if refusal is None or refusal is R.DATA_TOO_LARGE:
@@ -1648,10 +1649,10 @@ class ServerEngine(Generic[S, E]):
                 log.warning("%r PROXY header refused: peer is not a trusted proxy", self.peer)
                 self.close()
                 return
-        self._deadline = self._clock() + config.proxy_timeout
+        self.hard_deadline = self._clock() + config.proxy_timeout
         while (result := parse_proxy_header(self._receiver.peek())) is None:
             yield _WAIT_BYTES
-        self._deadline = None
+        self.hard_deadline = None
         if not result:
             log.warning("%r invalid PROXY header: %s", self.peer, result.error)
             self.close()
