@@ -59,25 +59,9 @@ from typed_smtpd.session import AuthResult, Envelope, LoginPassword, Session
 from typed_smtpd.smtp import SMTP
 from typed_smtpd.testing.strategies import mailboxes
 
-#: The verbs of :class:`typed_smtpd.smtp.SMTP` (its ``smtp_VERB`` methods).
-COMMANDS: Final = frozenset(
-    {
-        "AUTH",
-        "BDAT",
-        "DATA",
-        "EHLO",
-        "EXPN",
-        "HELO",
-        "HELP",
-        "MAIL",
-        "NOOP",
-        "QUIT",
-        "RCPT",
-        "RSET",
-        "STARTTLS",
-        "VRFY",
-    }
-)
+#: The verbs of :class:`typed_smtpd.smtp.SMTP` (its ``smtp_VERB`` methods): every verb of the
+#: state table but LMTP's greeting (``BDAT LAST`` is ``BDAT`` with an argument).
+COMMANDS: Final = frozenset(verb.value for verb in Verb if verb not in (Verb.LHLO, Verb.BDAT_LAST))
 #: The verbs of :class:`typed_smtpd.lmtp.LMTP`.
 LMTP_COMMANDS: Final = COMMANDS | {"LHLO"}
 #: The one account the test authenticator knows.
@@ -570,6 +554,8 @@ def test_bdat_over_the_size_limit_is_read_and_refused() -> None:
 # --- sequencing -----------------------------------------------------------------------------------
 
 
+#: A dialog that leaves the engine between BDAT chunks.
+IN_BDAT_DIALOG: Final = ("EHLO c.test", "MAIL FROM:<a@c.test>", "RCPT TO:<b@mx.test>", "BDAT 0")
 #: (commands before, the command, the state it is refused in, its verb in the table).
 SEQUENCE_ERRORS: Final = [
     ((), "MAIL FROM:<a@client.test>", State.GREETED, Verb.MAIL),
@@ -587,25 +573,25 @@ SEQUENCE_ERRORS: Final = [
         Verb.MAIL,
     ),
     (
-        ("EHLO c.test", "MAIL FROM:<a@c.test>", "RCPT TO:<b@mx.test>", "BDAT 0"),
+        IN_BDAT_DIALOG,
         "DATA",
         State.IN_BDAT,
         Verb.DATA,
     ),
     (
-        ("EHLO c.test", "MAIL FROM:<a@c.test>", "RCPT TO:<b@mx.test>", "BDAT 0"),
+        IN_BDAT_DIALOG,
         "MAIL FROM:<a@c.test>",
         State.IN_BDAT,
         Verb.MAIL,
     ),
     (
-        ("EHLO c.test", "MAIL FROM:<a@c.test>", "RCPT TO:<b@mx.test>", "BDAT 0"),
+        IN_BDAT_DIALOG,
         "RCPT TO:<c@mx.test>",
         State.IN_BDAT,
         Verb.RCPT,
     ),
     (
-        ("EHLO c.test", "MAIL FROM:<a@c.test>", "RCPT TO:<b@mx.test>", "BDAT 0"),
+        IN_BDAT_DIALOG,
         "VRFY b@mx.test",
         State.IN_BDAT,
         Verb.VRFY,
@@ -645,34 +631,39 @@ def test_refused_bdat_chunk_is_still_read() -> None:
 
 
 #: A dialog as (what the client sends, the verb of the table it is, whether it is accepted).
+MAIL_LINE: Final = b"MAIL FROM:<a@c.test>\r\n"
+RCPT_LINE: Final = b"RCPT TO:<b@mx.test>\r\n"
+AUTH_LINE: Final = b"AUTH PLAIN " + plain_token(b"user", b"pw").encode() + b"\r\n"
+NOOP_LINE: Final = b"NOOP\r\n"
+RSET_LINE: Final = b"RSET\r\n"
 TABLE_WALK: Final[list[tuple[bytes, Verb, bool]]] = [
-    (b"NOOP\r\n", Verb.NOOP, True),
-    (b"MAIL FROM:<a@c.test>\r\n", Verb.MAIL, False),
-    (b"RSET\r\n", Verb.RSET, True),
+    (NOOP_LINE, Verb.NOOP, True),
+    (MAIL_LINE, Verb.MAIL, False),
+    (RSET_LINE, Verb.RSET, True),
     (b"HELO c.test\r\n", Verb.HELO, True),
-    (b"RCPT TO:<b@mx.test>\r\n", Verb.RCPT, False),
+    (RCPT_LINE, Verb.RCPT, False),
     (b"EHLO c.test\r\n", Verb.EHLO, True),
-    (b"MAIL FROM:<a@c.test>\r\n", Verb.MAIL, True),
+    (MAIL_LINE, Verb.MAIL, True),
     (b"VRFY b@mx.test\r\n", Verb.VRFY, True),
-    (b"AUTH PLAIN " + plain_token(b"user", b"pw").encode() + b"\r\n", Verb.AUTH, False),
-    (b"RCPT TO:<b@mx.test>\r\n", Verb.RCPT, True),
+    (AUTH_LINE, Verb.AUTH, False),
+    (RCPT_LINE, Verb.RCPT, True),
     (b"RCPT TO:<c@mx.test>\r\n", Verb.RCPT, True),
     (b"BDAT 3\r\nabc", Verb.BDAT, True),
-    (b"NOOP\r\n", Verb.NOOP, True),
+    (NOOP_LINE, Verb.NOOP, True),
     (b"BDAT 3\r\ndef", Verb.BDAT, True),
     (b"HELP\r\n", Verb.HELP, False),
-    (b"RSET\r\n", Verb.RSET, True),
-    (b"AUTH PLAIN " + plain_token(b"user", b"pw").encode() + b"\r\n", Verb.AUTH, True),
-    (b"MAIL FROM:<a@c.test>\r\n", Verb.MAIL, True),
-    (b"RCPT TO:<b@mx.test>\r\n", Verb.RCPT, True),
+    (RSET_LINE, Verb.RSET, True),
+    (AUTH_LINE, Verb.AUTH, True),
+    (MAIL_LINE, Verb.MAIL, True),
+    (RCPT_LINE, Verb.RCPT, True),
     (b"DATA\r\nmessage\r\n.\r\n", Verb.DATA, True),
-    (b"MAIL FROM:<a@c.test>\r\n", Verb.MAIL, True),
+    (MAIL_LINE, Verb.MAIL, True),
     (b"STARTTLS\r\n", Verb.STARTTLS, False),
-    (b"RCPT TO:<b@mx.test>\r\n", Verb.RCPT, True),
+    (RCPT_LINE, Verb.RCPT, True),
     (b"BDAT 1 LAST\r\nx", Verb.BDAT_LAST, True),
     (b"EXPN list\r\n", Verb.EXPN, True),
     (b"STARTTLS\r\n", Verb.STARTTLS, True),
-    (b"MAIL FROM:<a@c.test>\r\n", Verb.MAIL, False),
+    (MAIL_LINE, Verb.MAIL, False),
     (b"EHLO c.test\r\n", Verb.EHLO, True),
     (b"QUIT\r\n", Verb.QUIT, True),
 ]

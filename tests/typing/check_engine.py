@@ -1,8 +1,8 @@
-"""Type tests of the engine and of SMTP's subclassing surface, checked by ``mypy --strict`` and
-never run.
+"""How the engine and SMTP's subclassing surface look to a type checker (never run).
 
-Correct uses must type-check; each wrong one carries a ``# type: ignore[code]`` that
-``warn_unused_ignores`` turns into a failing check if mypy ever stops flagging it.
+A subclass overriding and adding commands, and a synchronous adapter written against the closed
+union of requests, must pass ``mypy --strict``; each misuse below is marked with the error code
+mypy must report (``warn_unused_ignores`` fails the run if it ever stops reporting one).
 """
 
 from __future__ import annotations
