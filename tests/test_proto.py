@@ -115,7 +115,7 @@ def test_parse_path_accepts(path: str, expected: str) -> None:
         "<@example.com>",
         "<a@>",
         "<a@-bad.example>",
-        "<" + "a" * 65 + "@example.com>",
+        "<" + "a" * 250 + "@example.com>",  # over 256 octets
         "<a@b\r\n.c>",
     ],
 )

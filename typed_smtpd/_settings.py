@@ -84,6 +84,8 @@ def syntax(text: str, extended: str | None = None, when: str | None = None) -> C
 CALL_LIMIT_DEFAULT: Final = 20
 #: The modules whose ``smtp_VERB`` and ``auth_*`` methods only hand over to the engine.
 _OWN_MODULES: Final = frozenset({"typed_smtpd.smtp", "typed_smtpd.lmtp", "typed_smtpd.commands"})
+#: The SMTP greetings LMTP refuses (RFC 2033 section 4.1).
+_LMTP_REFUSED: Final = frozenset({"HELO", "EHLO"})
 #: The arguments of ``SMTP.__init__`` that configure the server (the others are the handler and
 #: what each connection keeps for itself: its name, TLS context, loop and tracker).
 _OPTION_NAMES: Final = (
@@ -367,7 +369,7 @@ def _build(
             verb for verb, method in commands.items() if not _is_builtin(method)
         ),
         help=_help_entries(commands),
-        help_verbs=_help_verbs(server, commands),
+        help_verbs=_help_verbs(server, commands, lmtp=lmtp),
     )
     return ServerSettings(
         config, hooks, adapter_run, options["authenticator"], options["auth_callback"], commands
@@ -419,11 +421,17 @@ def _help_entries(commands: Mapping[str, Callable[..., object]]) -> dict[str, He
     return entries
 
 
-def _help_verbs(server: SMTP, commands: Mapping[str, Callable[..., object]]) -> tuple[str, ...]:
+def _help_verbs(
+    server: SMTP, commands: Mapping[str, Callable[..., object]], *, lmtp: bool
+) -> tuple[str, ...]:
+    """The verbs HELP lists: not EXPN, nor a command whose ``when`` attribute is off, nor (for
+    LMTP) the built-in HELO and EHLO, which LMTP refuses (RFC 2033 section 4.1)."""
     verbs = []
     for verb, method in commands.items():
         when = getattr(method, "__smtp_syntax_when__", None)
         if verb == "EXPN" or (when and not getattr(server, when, None)):
+            continue
+        if lmtp and verb in _LMTP_REFUSED and _is_builtin(method):
             continue
         verbs.append(verb)
     return tuple(sorted(verbs))

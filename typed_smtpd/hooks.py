@@ -61,8 +61,9 @@ __all__ = [
 
 @runtime_checkable
 class HandleHELO(Protocol):
-    """``HELO hostname``. Must set ``session.host_name`` (the server does it if the hook leaves it
-    unchanged and answers 2xx); returns the reply, such as ``f"250 {server.hostname}"``."""
+    """``HELO hostname``. Must set ``session.host_name``; returns the reply, such as
+    ``f"250 {server.hostname}"``. If ``session.host_name`` is false-y afterwards (set so, or left
+    at ``None``), the greeting failed and must be repeated: the client is not greeted."""
 
     async def handle_HELO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str
@@ -72,7 +73,7 @@ class HandleHELO(Protocol):
 @runtime_checkable
 class HandleEHLO(Protocol):
     """``EHLO hostname``. Receives the planned reply lines (``"250-host"`` ... ``"250 HELP"``)
-    and returns the lines to send instead."""
+    and returns the lines to send instead. Must set ``session.host_name``, as for HELO."""
 
     async def handle_EHLO(
         self,
@@ -214,23 +215,27 @@ AuthHook = Callable[["SMTP", list[str]], Awaitable[object]]
 # --- decorators ---------------------------------------------------------------------------------
 
 _MECHANISM_RE: Final = re.compile(r"[A-Z0-9_-]+")
+#: What :func:`auth_mechanism` accepts: SASL mechanism names are case-insensitive (RFC 4954).
+_MECHANISM_ANY_CASE_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def auth_mechanism(name: str) -> Callable[[_F], _F]:
     """Name an ``auth_*`` hook's mechanism explicitly (for names such as ``SCRAM-SHA-256``).
+    Mechanism names are case-insensitive (:rfc:`4954`): the name is stored upper-cased.
 
     >>> class Handler:
-    ...     @auth_mechanism("X-TOKEN")
+    ...     @auth_mechanism("x-token")
     ...     async def auth_XTOKEN(self, server, args): ...
     >>> mechanism_name("auth_XTOKEN", Handler.auth_XTOKEN)
     'X-TOKEN'
     """
-    if not _MECHANISM_RE.fullmatch(name):
+    if not _MECHANISM_ANY_CASE_RE.fullmatch(name):
         raise ValueError(f"invalid AUTH mechanism name: {name!r} (use A-Z, 0-9, '-' and '_')")
+    upper = name.upper()
 
     def decorator(func: _F) -> _F:
-        func.__auth_mechanism_name__ = name  # type: ignore[attr-defined]
+        func.__auth_mechanism_name__ = upper  # type: ignore[attr-defined]
         return func
 
     return decorator
@@ -243,7 +248,7 @@ def mechanism_name(attribute: str, func: object) -> str | None:
     """
     explicit = getattr(func, "__auth_mechanism_name__", None)
     if isinstance(explicit, str):
-        return explicit
+        return explicit.upper()
     if not attribute.startswith("auth_"):
         return None
     name = attribute[5:].replace("__", "-")

@@ -82,7 +82,8 @@ _POSTMASTER_RE: Final = re.compile(r"<(?P<mailbox>postmaster)>", re.IGNORECASE)
 _KEYWORD_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _VALUE_RE: Final = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
 
-#: RFC 5321 section 4.5.3.1: local-part 64 octets, domain 255, path 256 including brackets.
+#: RFC 5321 section 4.5.3.1: domain 255 octets, path 256 including brackets (the local part's
+#: 64 octets are the engine's ``local_part_limit``, which a server may raise or turn off).
 MAX_PATH_OCTETS: Final = 256
 
 
@@ -135,9 +136,10 @@ def parse_path(text: str, *, allow_null: bool, allow_postmaster: bool = False) -
     if match is None:
         raise PathError(f"malformed path: {text[:64]!r}")
     mailbox = match.group("mailbox")
-    local, at, domain = mailbox.rpartition("@")
-    if at and (len(local.encode("utf-8", "surrogateescape")) > 64 or len(domain) > 255):
-        raise PathError("local part or domain too long")
+    _, at, domain = mailbox.rpartition("@")
+    # The local part's length is a server setting (``local_part_limit``), checked by the engine.
+    if at and len(domain) > 255:
+        raise PathError("domain too long")
     return mailbox
 
 

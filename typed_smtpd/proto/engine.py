@@ -112,7 +112,7 @@ __all__ = [
 log: logging.Logger = logging.getLogger("mail.log")
 
 #: Before STARTTLS under ``require_starttls``, only these commands are accepted (RFC 3207).
-ALLOWED_BEFORE_STARTTLS: Final = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT", "HELP"})
+ALLOWED_BEFORE_STARTTLS: Final = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
 #: Commands that need a successful AUTH first when ``auth_required`` is set.
 AUTH_GATED: Final = frozenset({"HELP", "VRFY", "MAIL", "RCPT", "DATA", "BDAT"})
 #: The handler hooks the engine asks for by name in :class:`CallHook`.
@@ -1071,13 +1071,16 @@ class ServerEngine(Generic[S, E]):
         return self._helo_hooked(hostname)
 
     def _helo_hooked(self, hostname: str) -> Steps:
-        session = self.session
-        before = session.host_name
         status = yield from self._hook("handle_HELO", hostname)
-        if status[0] == "2":
-            if session.host_name is before:
-                session.host_name = hostname
-            self._accepted(Verb.HELO)
+        self._hello_done(Verb.HELO, positive=status[0] == "2")
+
+    def _hello_done(self, verb: Verb, *, positive: bool) -> None:
+        """After a HELO or EHLO hook: the client is greeted only if the hook recorded a host
+        name. A false-y ``session.host_name`` means the greeting failed and must be repeated."""
+        if not self.session.host_name:
+            self.state = State.GREETED
+        elif positive:
+            self._accepted(verb)
 
     def _ehlo(self, hostname: str | None, verb: Verb = Verb.EHLO) -> Steps | None:
         if not hostname:
@@ -1096,31 +1099,25 @@ class ServerEngine(Generic[S, E]):
         return self._ehlo_hooked(hostname, verb)
 
     def _ehlo_hooked(self, hostname: str, verb: Verb) -> Steps:
-        session = self.session
         responses = self.config.ehlo_lines(tls_active=self.tls_active)
-        before = session.host_name
-        if "handle_EHLO" not in self.config.hooks:
-            # The deprecated ehlo_hook method of an aiosmtpd subclass: it may push lines
-            # between the extensions and the last line.
-            for line in responses[:-1]:
-                self.send_line(line.encode("utf-8", "replace") + b"\r\n")
-            yield CallLegacy("ehlo_hook")
-            self.send_line(responses[-1].encode("ascii") + b"\r\n")
-            session.host_name = hostname
-            self._accepted(verb)
-            return
-        if "handle_EHLO:legacy" in self.config.hooks:
-            self.send_line(responses[0].encode("utf-8", "replace") + b"\r\n")
-            status = yield from self._hook("handle_EHLO", hostname)
-            positive = status[0] == "2"
-        else:
+        hooks = self.config.hooks
+        if "handle_EHLO" in hooks and "handle_EHLO:legacy" not in hooks:
             result = yield CallHook("handle_EHLO", (hostname, responses))
             self._send_ehlo_lines(result)
-            positive = str(result[-1]).startswith("2")
-        if positive:
-            if session.host_name is before:
-                session.host_name = hostname
-            self._accepted(verb)
+            self._hello_done(verb, positive=str(result[-1]).startswith("2"))
+            return
+        # The server's own lines go out first; the deprecated forms (the four-argument
+        # handle_EHLO, an aiosmtpd subclass's ehlo_hook) may push more "250-" lines.
+        for line in responses[:-1]:
+            self.send_line(line.encode("utf-8", "replace") + b"\r\n")
+        if "handle_EHLO" in hooks:
+            status = yield from self._hook("handle_EHLO", hostname)  # its reply is the last line
+            self._hello_done(verb, positive=status[0] == "2")
+            return
+        yield CallLegacy("ehlo_hook")
+        self.send_line(responses[-1].encode("ascii") + b"\r\n")
+        self.session.host_name = hostname
+        self._accepted(verb)
 
     def _send_ehlo_lines(self, result: object) -> None:
         if not isinstance(result, list) or not result:
@@ -1226,14 +1223,16 @@ class ServerEngine(Generic[S, E]):
         self, verb: Verb, arg: str | None, keyword: str, usage: tuple[str, str]
     ) -> tuple[str, list[str]] | None:
         """The address and parameters of ``MAIL FROM:`` or ``RCPT TO:``, or ``None`` after
-        refusing the command (out of sequence, malformed)."""
+        refusing the command (out of sequence, no path, malformed)."""
         if not self._sequence_ok(verb):
             return None
         if not arg or arg[: len(keyword)].upper() != keyword:
             self._usage(usage)
             return None
         path, params_text = split_path_and_params(arg[len(keyword) :])
-        if params_text and not self.session.extended_smtp:
+        # Nothing after the colon, or words instead of a <path>: a syntax error (501), as from
+        # aiosmtpd and Postfix; 553 is for a path that is no acceptable address.
+        if not path.startswith("<") or (params_text and not self.session.extended_smtp):
             self._usage(usage)
             return None
         try:

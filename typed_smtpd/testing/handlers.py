@@ -918,6 +918,7 @@ class FaultInjector:
         hook = self._hook("handle_HELO")
         if hook is not None and outcome is Outcome.PASS:
             return cast(str, await hook(server, session, envelope, hostname))
+        session.host_name = hostname
         return f"250 {server.hostname}"
 
     async def handle_EHLO(
@@ -934,11 +935,12 @@ class FaultInjector:
             return [outcome]
         hook = self._hook("handle_EHLO")
         if hook is None or outcome is not Outcome.PASS:
+            session.host_name = hostname
             return responses
         if len(inspect.signature(hook).parameters) >= 5:
             return cast(list[str], await hook(server, session, envelope, hostname, responses))
         status = await hook(server, session, envelope, hostname)  # the deprecated form
-        return [responses[0], status]
+        return [*responses[:-1], status]
 
     async def handle_MAIL(
         self,
