@@ -82,6 +82,8 @@ EHLO_PLAIN: Final = (
     b"250-PIPELINING\r\n"
     b"250-ENHANCEDSTATUSCODES\r\n"
     b"250-CHUNKING\r\n"
+    b"250-BINARYMIME\r\n"
+    b"250-DSN\r\n"
     b"250 HELP\r\n"
 )
 HELO_REPLY: Final = b"250 mx.test\r\n"
@@ -344,6 +346,8 @@ def test_ehlo_offers_starttls_and_auth() -> None:
         b"250-PIPELINING\r\n"
         b"250-ENHANCEDSTATUSCODES\r\n"
         b"250-CHUNKING\r\n"
+        b"250-BINARYMIME\r\n"
+        b"250-DSN\r\n"
         b"250-STARTTLS\r\n"
         b"250-AUTH LOGIN PLAIN\r\n"
         b"250 HELP\r\n"

@@ -50,6 +50,8 @@ def test_ehlo_lists_extensions() -> None:
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "BINARYMIME",
+            "DSN",
             "HELP",
         ]
         assert client.noop() == (250, b"2.0.0 OK")

@@ -325,7 +325,8 @@ class BaseController(ABC):
     server: asyncio.Server | None
     """The listening server while the controller runs; its ``sockets`` are the bound sockets."""
     smtpd: SMTP | None
-    """The protocol instance made for the latest connection; ``None`` before the first one."""
+    """The protocol instance :meth:`factory` created: once started, the one made to check the
+    factory, then the one made for the latest connection; ``None`` while not serving."""
 
     def __init__(
         self,
@@ -371,8 +372,8 @@ class BaseController(ABC):
 
         Override this to serve something else than plain :class:`~typed_smtpd.smtp.SMTP`, for
         example :class:`~typed_smtpd.lmtp.LMTP` or a subclass with extra commands. It is called
-        once when the server starts, to check that it works (that instance is discarded and never
-        sees a connection), and then once per accepted connection.
+        once when the server starts, to check that it works (that instance becomes :attr:`smtpd`
+        but never sees a connection), and then once per accepted connection.
         """
         return SMTP(self.handler, **self.SMTP_kwargs)
 
@@ -399,11 +400,15 @@ class BaseController(ABC):
         if self.server is not None:
             raise RuntimeError(f"{type(self).__name__} is already serving")
         # Build one instance up front so that a broken factory (or handler) fails the start
-        # instead of every connection. Without a transport it never talks to anyone.
-        self.factory()
+        # instead of every connection. Without a transport it never talks to anyone; it is
+        # smtpd once listening (aiosmtpd users read it right after start()), until a connection
+        # brings its own.
+        checked = self.factory()
         self.smtpd = None
-        self._tracker = ConnectionTracker(self.max_connections)
+        self._tracker = checked.connection_tracker = ConnectionTracker(self.max_connections)
         self.server = await self._create_server()
+        if self.smtpd is None:
+            self.smtpd = checked
         return self.server
 
     async def _shutdown(self, grace_period: float) -> None:
@@ -996,7 +1001,7 @@ class RunningServer:
 
     @property
     def smtpd(self) -> SMTP | None:
-        """The protocol instance made for the latest connection; ``None`` before the first."""
+        """The protocol instance made to check the factory, then the latest connection's."""
         return self._controller.smtpd
 
     @property

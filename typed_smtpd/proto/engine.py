@@ -272,6 +272,9 @@ class EngineConfig:
         if self.enhanced_status_codes:
             lines.append("250-ENHANCEDSTATUSCODES")
         lines.append("250-CHUNKING")
+        if not self.decode_data:  # BODY=BINARYMIME is accepted exactly then (RFC 3030)
+            lines.append("250-BINARYMIME")
+        lines.append("250-DSN")  # RET, ENVID, NOTIFY and ORCPT reach the hooks (RFC 3461)
         if self.tls_available and not tls_active:
             lines.append("250-STARTTLS")
         if self.mechanisms and (tls_active or not self.auth_require_tls):
