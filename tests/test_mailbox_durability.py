@@ -38,7 +38,7 @@ RECIPIENTS = ["bart@example.com"]
 
 
 def make_message(tag: str, *, lines: int = 5) -> tuple[bytes, str]:
-    """A message and its body as the Maildir file should hold it (LF line endings)."""
+    """A message and its body as the Maildir file should hold it (as received, CRLF)."""
     body_lines = [
         f"{tag} line {n}: the quick brown fox jumps over the lazy dog" for n in range(lines)
     ]
@@ -47,7 +47,7 @@ def make_message(tag: str, *, lines: int = 5) -> tuple[bytes, str]:
         f"From: {SENDER}\r\nTo: {RECIPIENTS[0]}\r\nSubject: {tag}\r\nMessage-ID: <{tag}@test>\r\n"
     )
     body = "\r\n".join(body_lines) + "\r\n"
-    return (head + "\r\n" + body).encode("ascii"), body.replace("\r\n", "\n")
+    return (head + "\r\n" + body).encode("ascii"), body
 
 
 def stored_bodies(maildir: Path) -> list[str]:

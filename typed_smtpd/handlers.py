@@ -12,6 +12,7 @@ This module holds handlers only: no protocol logic, no server or socket setup.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email
 import email.message
 import logging
@@ -24,7 +25,7 @@ import threading
 from abc import ABC, abstractmethod
 from argparse import ArgumentParser
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Generic, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TextIO, cast
 
 from typing_extensions import Self, TypeVar
 
@@ -80,6 +81,12 @@ _CR_LF_NUL: Final = {0x0D: None, 0x0A: None, 0x00: None}
 #: shared by every Maildir in the process, which is not thread-safe.
 _MAILDIR_ADD_LOCK: Final = threading.Lock()
 
+#: The names (lower case) of the trace headers the Message handlers add.
+_TRACE_NAMES: Final = frozenset({b"x-peer", b"x-mailfrom", b"x-rcptto"})
+#: A line the :mod:`email` parser reads as part of a header block (its ``headerRE``): a field, a
+#: continuation line, or a misplaced ``From`` envelope line. Any other line ends the block.
+_HEADER_BLOCK_LINE: Final = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+
 _MessageT = TypeVar(
     "_MessageT",
     bound="email.message.Message[Any, Any]",
@@ -109,6 +116,80 @@ def _peer_display(session: Session) -> str:
 def _header_value(value: str) -> str:
     """``value`` without CR, LF or NUL, so that it cannot start a header of its own."""
     return value.translate(_CR_LF_NUL)
+
+
+def _trace_headers(session: Session, envelope: Envelope) -> list[tuple[str, str]]:
+    """The ``X-Peer``, ``X-MailFrom`` and ``X-RcptTo`` headers for one message, in that order."""
+    return [
+        ("X-Peer", _header_value(_peer_host(session))),
+        ("X-MailFrom", _header_value(envelope.mail_from or "")),
+        ("X-RcptTo", _header_value(", ".join(envelope.rcpt_tos))),
+    ]
+
+
+def _received_bytes(envelope: Envelope) -> bytes:
+    """The content as received: ``original_content``, else ``content`` encoded back."""
+    if envelope.original_content is not None:
+        return envelope.original_content
+    if isinstance(envelope.content, str):
+        return envelope.content.encode("utf-8", "surrogateescape")
+    return envelope.content or b""
+
+
+def _without_trace_headers(content: bytes) -> bytes:
+    """``content`` without its ``X-Peer``, ``X-MailFrom`` and ``X-RcptTo`` fields.
+
+    The header block and its fields are found as the :mod:`email` parser finds them; a dropped
+    field goes with its continuation lines. Every other byte is kept as it is.
+    """
+    dropped: list[tuple[int, int]] = []
+    pos = 0
+    dropping = False
+    while pos < len(content):
+        line_break = _LINE_BREAK_BYTES.search(content, pos)
+        end = line_break.end() if line_break else len(content)
+        line = content[pos:end]
+        if not _HEADER_BLOCK_LINE.match(line):
+            break  # the separator, or the first line of a body without one
+        if line[:1] not in (b" ", b"\t"):  # any other line ends the field before it
+            colon = line.find(b":")
+            dropping = (
+                colon > 0 and not line.startswith(b"From ") and line[:colon].lower() in _TRACE_NAMES
+            )
+        if dropping:
+            dropped.append((pos, end))
+        pos = end
+    if not dropped:
+        return content
+    pieces, last = [], 0
+    for start, stop in dropped:
+        pieces.append(content[last:start])
+        last = stop
+    pieces.append(content[last:])
+    return b"".join(pieces)
+
+
+def _stored_bytes(session: Session, envelope: Envelope) -> bytes:
+    """What :class:`Mailbox` stores: the trace headers, then the content exactly as received.
+
+    The trace header lines end like the content's first line (CRLF unless that is a bare LF).
+    """
+    content = _without_trace_headers(_received_bytes(envelope))
+    line_break = _LINE_BREAK_BYTES.search(content)
+    eol = b"\n" if line_break and line_break.group() == b"\n" else b"\r\n"
+    trace = b"".join(
+        name.encode("ascii") + b": " + _header_bytes(value) + eol
+        for name, value in _trace_headers(session, envelope)
+    )
+    return trace + content
+
+
+def _header_bytes(value: str) -> bytes:
+    """``value`` as UTF-8 (RFC 6532); characters that cannot be encoded are shown escaped."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace")
 
 
 class Sink:
@@ -227,13 +308,9 @@ class MessageBase(Generic[_MessageT]):
             message = email.message_from_string(data, _class=self.message_class)
         else:
             message = email.message_from_bytes(data or b"", _class=self.message_class)
-        for name, value in (
-            ("X-Peer", _peer_host(session)),
-            ("X-MailFrom", envelope.mail_from or ""),
-            ("X-RcptTo", ", ".join(envelope.rcpt_tos)),
-        ):
+        for name, value in _trace_headers(session, envelope):
             del message[name]
-            message[name] = _header_value(value)
+            message[name] = value
         return message
 
 
@@ -293,6 +370,14 @@ class AsyncMessage(MessageBase[_MessageT], ABC):
 class Mailbox(Message[_MessageT]):
     """Stores each message in a Maildir (created if missing).
 
+    The stored file holds the message exactly as it was received, byte for byte, with the
+    ``X-Peer``, ``X-MailFrom`` and ``X-RcptTo`` lines of :meth:`prepare_message` put before its
+    headers; fields of those names that came with the message are left out (with their
+    continuation lines). Only when a subclass overrides :meth:`prepare_message`, or changes the
+    message object before :meth:`handle_message` stores it, is the message object itself stored,
+    as the :mod:`email` package writes it. :meth:`handle_message` called directly stores the
+    object it is given.
+
     The write happens in a worker thread, never on the event loop. :class:`mailbox.Maildir` writes
     the message under ``tmp/`` and then moves it into ``new/`` in one atomic step; the file and the
     directory are flushed to disk before the client is answered ``250``. If anything fails the
@@ -319,20 +404,40 @@ class Mailbox(Message[_MessageT]):
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Store the message off the event loop; ``250`` once it is on disk, ``451`` otherwise."""
+        token = None
         try:
             message = self.prepare_message(session, envelope)
+            if type(self).prepare_message is MessageBase.prepare_message:
+                received = _Received(message, _stored_bytes(session, envelope), _snapshot(message))
+                token = _RECEIVED.set(received)
             await asyncio.to_thread(self.handle_message, message)
         except Exception:
             log.exception(
                 "Mailbox %s: could not store a message from %s", self.mail_dir, _peer_host(session)
             )
             return LOCAL_ERROR_REPLY
+        finally:
+            if token is not None:
+                _RECEIVED.reset(token)
         return OK_REPLY
 
     def handle_message(self, message: _MessageT) -> None:
-        """Add ``message`` to the Maildir and flush it to disk (blocking: run it in a thread)."""
+        """Add ``message`` to the Maildir and flush it to disk (blocking: run it in a thread).
+
+        From :meth:`handle_DATA`, the received bytes are stored unless ``message`` was changed.
+        """
+        received = _RECEIVED.get()
+        data: email.message.Message[Any, Any] | bytes = message
+        if (
+            received is not None
+            and received.message is message
+            and received.snapshot == _snapshot(message)
+        ):
+            data = received.data
+            if mailbox.linesep == b"\r\n":  # Maildir writes each LF as CRLF (Windows)
+                data = data.replace(b"\r\n", b"\n")
         with _MAILDIR_ADD_LOCK:
-            key = self.mailbox.add(message)
+            key = self.mailbox.add(data)
         if os.name != "posix":  # fsync of a read-only descriptor or a directory is POSIX only
             return
         subdir, name = "new", key
@@ -351,6 +456,34 @@ class Mailbox(Message[_MessageT]):
     def reset(self) -> None:
         """Delete every message in the Maildir."""
         self.mailbox.clear()
+
+
+class _Received(NamedTuple):
+    """A message being stored by :meth:`Mailbox.handle_DATA`."""
+
+    message: email.message.Message[Any, Any]
+    """The message object :meth:`Mailbox.handle_message` is given."""
+    data: bytes
+    """The bytes to store for it, when it is not changed."""
+    snapshot: list[object]
+    """What :func:`_snapshot` said of it before :meth:`Mailbox.handle_message` ran."""
+
+
+#: The message :meth:`Mailbox.handle_DATA` is storing, seen by the worker thread that stores it.
+_RECEIVED: Final[contextvars.ContextVar[_Received | None]] = contextvars.ContextVar(
+    "typed_smtpd_mailbox_received", default=None
+)
+
+
+def _snapshot(message: email.message.Message[Any, Any]) -> list[object]:
+    """Everything of ``message`` that Maildir stores, to tell whether a subclass changed it."""
+    state: list[object] = []
+    for part in message.walk():
+        payload = None if part.is_multipart() else part.get_payload()
+        state.append((part.items(), payload, part.preamble, part.epilogue))
+    if isinstance(message, mailbox.MaildirMessage):
+        state.append((message.get_subdir(), message.get_info()))
+    return state
 
 
 def _fsync(path: str) -> None:
