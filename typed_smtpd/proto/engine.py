@@ -85,7 +85,6 @@ __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
     "AUTH_GATED",
     "CLOSED",
-    "HOOK_NAMES",
     "NEED_DATA",
     "WAIT_EVENT",
     "Authenticate",
@@ -115,24 +114,6 @@ log: logging.Logger = logging.getLogger("mail.log")
 ALLOWED_BEFORE_STARTTLS: Final = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
 #: Commands that need a successful AUTH first when ``auth_required`` is set.
 AUTH_GATED: Final = frozenset({"HELP", "VRFY", "MAIL", "RCPT", "DATA", "BDAT"})
-#: The handler hooks the engine asks for by name in :class:`CallHook`.
-HOOK_NAMES: Final = frozenset(
-    {
-        "handle_HELO",
-        "handle_EHLO",
-        "handle_MAIL",
-        "handle_RCPT",
-        "handle_DATA",
-        "handle_DATA_recipient",
-        "handle_RSET",
-        "handle_NOOP",
-        "handle_QUIT",
-        "handle_VRFY",
-        "handle_AUTH",
-        "handle_PROXY",
-        "handle_STARTTLS",
-    }
-)
 _REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
 #: The DSN record of a recipient without NOTIFY or ORCPT (immutable, so shared).
@@ -187,8 +168,8 @@ class EngineConfig:
     """Everything the engine needs to know about its server: built once, shared by every
     connection of that server.
 
-    ``hooks`` names the handler hooks that exist (see :data:`HOOK_NAMES`, plus
-    ``"process_message"`` for the legacy delivery callable); ``legacy`` names the deprecated
+    ``hooks`` names the handler hooks that exist (of :data:`typed_smtpd.hooks.HOOK_NAMES`), plus
+    ``"process_message"`` for the legacy delivery callable; ``legacy`` names the deprecated
     subclass methods that exist (``"ehlo_hook"``, ``"rset_hook"``). ``commands`` is every verb
     the server knows; ``custom_commands`` those whose ``smtp_VERB`` method the adapter runs in
     the engine's place (:class:`RunCommand`). ``mechanisms`` are the AUTH mechanisms offered;
