@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from typed_smtpd.smtp import SMTP
 
 __all__ = [
+    "HIGH_WATER",
+    "READ_SIZE",
     "ConnectionTracker",
     "WriteBatch",
     "read_buffer",
@@ -29,7 +31,10 @@ log: logging.Logger = logging.getLogger("mail.log")
 T = TypeVar("T")
 _THREAD_STATE = threading.local()
 #: The size of a thread's read buffer: what asyncio itself asks of one ``recv()``.
-_READ_SIZE: Final = 1 << 18
+READ_SIZE: Final = 1 << 18
+#: A receive buffer larger than this while user code runs (a slow hook, a streaming hook that
+#: does not read) pauses reading from the client: one read more is the most a connection holds.
+HIGH_WATER: Final = 1 << 18
 #: The transport's extra information copied into a TLS session's ``ssl`` record.
 _TLS_EXTRA: Final = ("sslcontext", "peercert", "cipher", "compression", "peername", "sockname")
 
@@ -139,7 +144,7 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
 def read_buffer() -> memoryview:
     """The running thread's read buffer, into which the event loop reads for every connection
     of the thread (its reads are handed on before the next one starts)."""
-    return thread_local("view", lambda: memoryview(bytearray(_READ_SIZE)))
+    return thread_local("view", lambda: memoryview(bytearray(READ_SIZE)))
 
 
 def write_batch() -> WriteBatch:

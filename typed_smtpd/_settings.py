@@ -8,9 +8,11 @@ arguments gets the same frozen object: nothing is looked up, parsed or validated
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import operator
+import socket
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,9 +32,11 @@ from typed_smtpd.proto.engine import (
     Request,
     RunCommand,
     RunMechanism,
+    StreamMessage,
 )
 from typed_smtpd.proto.limits import Limits
 from typed_smtpd.proto.proxy import parse_trusted_networks
+from typed_smtpd.stream import MessageStream
 
 if TYPE_CHECKING:
     from typed_smtpd.session import Envelope, Session
@@ -118,6 +122,7 @@ HOOK_ATTRIBUTES: Final = {
     "handle_RCPT": "rcpt",
     "handle_DATA": "data",
     "handle_DATA_recipient": "data_recipient",
+    "handle_DATA_stream": "data_stream",
     "handle_RSET": "rset",
     "handle_NOOP": "noop",
     "handle_QUIT": "quit",
@@ -163,6 +168,10 @@ class ServerSettings:
                 return await self.mechanisms[mechanism](server, list(args))
             case Authenticate(mechanism=mechanism, auth_data=auth_data):
                 return await self._authenticate(server, mechanism, auth_data)
+            case StreamMessage(stream=stream):
+                assert self.hooks.data_stream is not None
+                reader = MessageStream(server, stream)
+                return await self.hooks.data_stream(server, engine.session, engine.envelope, reader)
         raise AssertionError(f"not a request for user code: {request!r}")
 
     def _hook(self, name: str) -> Callable[..., object]:
@@ -213,6 +222,13 @@ class ServerSettings:
 
 _SERVERS: dict[tuple[object, ...], tuple[object, ServerSettings]] = {}
 _SERVERS_MAX: Final = 64
+
+
+@functools.lru_cache(maxsize=1)
+def fqdn() -> str:
+    """This host's name, the default ``hostname``: looked up once per process, never per
+    connection (it can mean a DNS query)."""
+    return socket.getfqdn()
 
 
 def _freeze(value: object) -> object:

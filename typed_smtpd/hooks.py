@@ -30,6 +30,7 @@ from typed_smtpd.session import AuthResult, Envelope, Session
 if TYPE_CHECKING:
     from typed_smtpd.proxy_protocol import ProxyData
     from typed_smtpd.smtp import SMTP
+    from typed_smtpd.stream import MessageStream
 
 __all__ = [
     "HOOK_NAMES",
@@ -37,6 +38,7 @@ __all__ = [
     "AuthMechanism",
     "HandleAUTH",
     "HandleDATA",
+    "HandleDATAStream",
     "HandleEHLO",
     "HandleException",
     "HandleHELO",
@@ -120,6 +122,22 @@ class HandleDATA(Protocol):
     """End of DATA (or of ``BDAT ... LAST``): the message is in ``envelope.content``."""
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str: ...
+
+
+@runtime_checkable
+class HandleDATAStream(Protocol):
+    """The content of DATA (or of every BDAT chunk) as it arrives: ``stream`` is an async
+    iterator of :class:`bytes` (see :class:`~typed_smtpd.stream.MessageStream`), dot-unstuffed
+    and checked as buffered content is. Returns the reply once the content is over; under LMTP
+    one reply for every recipient, or a list with one per recipient.
+
+    While the hook does not read, the server does not read from the client either. When both
+    this hook and ``handle_DATA`` exist, the one defined by the more derived class is called;
+    this one, when one class defines both."""
+
+    async def handle_DATA_stream(
+        self, server: SMTP, session: Session, envelope: Envelope, stream: MessageStream
+    ) -> str | list[str]: ...
 
 
 @runtime_checkable
@@ -275,6 +293,7 @@ _SHAPES: Final[dict[str, _Shape]] = {
     "handle_MAIL": _Shape((*_COMMON, "address", "mail_options"), True),
     "handle_RCPT": _Shape((*_COMMON, "address", "rcpt_options"), True),
     "handle_DATA": _Shape(_COMMON, True),
+    "handle_DATA_stream": _Shape((*_COMMON, "stream"), True),
     "handle_DATA_recipient": _Shape((*_COMMON, "recipient"), True),
     "handle_RSET": _Shape(_COMMON, True),
     "handle_NOOP": _Shape((*_COMMON, "arg"), True),
@@ -368,6 +387,8 @@ def _build_spec(handler: object) -> _Spec:
         except AttributeError:  # properties that raise
             continue
         if attribute in _SHAPES:
+            if value is None:  # set to None: the hook is turned off
+                continue
             if _check(handler, attribute, value):
                 legacy_ehlo = True
             names.append(attribute)
@@ -395,7 +416,37 @@ def _build_spec(handler: object) -> _Spec:
             DeprecationWarning,
             stacklevel=4,
         )
+    if "handle_DATA" in names and "handle_DATA_stream" in names:
+        names.remove(_losing_data_hook(handler))
     return _Spec(tuple(names), legacy_ehlo, tuple(mechanisms))
+
+
+def _losing_data_hook(handler: object) -> str:
+    """Of ``handle_DATA`` and ``handle_DATA_stream``, the one not called: the one the less
+    derived class defines. A class that defines both streams, and is warned about it unless it
+    is one of the built-in handlers, which document it."""
+    order: list[object] = [handler, *type(handler).__mro__]
+    if isinstance(handler, type):
+        order = list(handler.__mro__)
+
+    def owner(name: str) -> int:
+        return next(
+            (i for i, where in enumerate(order) if name in getattr(where, "__dict__", {})),
+            len(order),
+        )
+
+    data, stream = owner("handle_DATA"), owner("handle_DATA_stream")
+    if data < stream:
+        return "handle_DATA_stream"
+    where = order[stream]
+    if data == stream and getattr(where, "__module__", None) != "typed_smtpd.handlers":
+        warnings.warn(
+            f"{_where(handler, 'handle_DATA_stream')} and handle_DATA are both defined: "
+            "messages stream to handle_DATA_stream, and the server never calls handle_DATA",
+            UserWarning,
+            stacklevel=5,
+        )
+    return "handle_DATA"
 
 
 def _spec_for(handler: object) -> _Spec:
@@ -431,6 +482,7 @@ class HookRegistry:
         "auth_mechanisms",
         "data",
         "data_recipient",
+        "data_stream",
         "ehlo",
         "ehlo_legacy",
         "exception",
@@ -472,6 +524,9 @@ class HookRegistry:
         self.data_recipient: Callable[[SMTP, Session, Envelope, str], Awaitable[object]] | None = (
             get("handle_DATA_recipient")
         )
+        self.data_stream: (
+            Callable[[SMTP, Session, Envelope, MessageStream], Awaitable[object]] | None
+        ) = get("handle_DATA_stream")
         self.rset: Callable[[SMTP, Session, Envelope], Awaitable[object]] | None = get(
             "handle_RSET"
         )

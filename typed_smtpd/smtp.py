@@ -16,15 +16,19 @@ subclass is created, and listed by HELP. Override a built-in command the same wa
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import socket
 import ssl
 import sys
 from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from typed_smtpd._connections import ConnectionTracker, read_buffer, tls_info, write_batch
+from typed_smtpd._connections import (
+    HIGH_WATER,
+    ConnectionTracker,
+    read_buffer,
+    tls_info,
+    write_batch,
+)
 from typed_smtpd._settings import (
     CALL_LIMIT_DEFAULT,
     IDENT,
@@ -32,6 +36,7 @@ from typed_smtpd._settings import (
     AuthenticatorType,
     CommandMethod,
     collect_commands,
+    fqdn,
     shared_settings,
     syntax,
 )
@@ -96,19 +101,11 @@ __all__ = [
 log: logging.Logger = logging.getLogger("mail.log")
 
 __ident__: Final = IDENT
-#: A receive buffer larger than this while user code runs pauses reading from the client.
-_HIGH_WATER: Final = 1 << 20
 _TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 
 
 class TLSSetupException(Exception):
     """The TLS handshake after STARTTLS failed; the connection is closed."""
-
-
-@functools.lru_cache(maxsize=1)
-def _fqdn() -> str:
-    # Looked up once per process, never per connection (it can mean a DNS query).
-    return socket.getfqdn()
 
 
 class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
@@ -199,7 +196,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         self.event_handler: object = handler
         self.data_size_limit: int | None = data_size_limit
         self.enable_SMTPUTF8: bool = enable_SMTPUTF8
-        self.hostname: str = _fqdn() if hostname is None else hostname
+        self.hostname: str = fqdn() if hostname is None else hostname
         self.tls_context: ssl.SSLContext | None = tls_context
         self.require_starttls: bool = tls_context is not None and require_starttls
         self.connection_tracker: ConnectionTracker | None = connection_tracker
@@ -346,7 +343,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
             self._wake()
         elif self._task is None:
             self._pump()
-        elif not self._reading_paused and engine.buffered > _HIGH_WATER:
+        elif not self._reading_paused and engine.buffered > HIGH_WATER:
             # User code is busy (a slow hook, say): stop reading until it catches up.
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
@@ -503,8 +500,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
                 error = raised
 
     async def _next_event(self) -> Event | None:
-        """The next framed input event, for steps run by :meth:`drive`; ``None`` once the client
-        is gone."""
+        """The next framed input event, for :meth:`drive`; ``None`` once the client left."""
         engine = self.engine
         while True:
             event = engine.next_input()
@@ -512,16 +508,25 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
                 return event
             if self._closed or engine.closed or engine.eof:
                 return None
-            self.flush()
-            if self._write_paused:
-                await self._drain()
-                continue
-            waiter = self._waiter = self.loop.create_future()
-            engine.wait_on_client(True)
-            try:
-                await waiter
-            finally:
-                engine.wait_on_client(False)
+            await self.wait_for_input()
+
+    async def wait_for_input(self) -> None:
+        """Send what is queued, then wait for the client to send more (or leave, or catch up)."""
+        self.flush()
+        if self._write_paused:
+            await self._drain()
+            return
+        if self._closed:
+            return
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+        waiter = self._waiter = self.loop.create_future()
+        self.engine.wait_on_client(True)
+        try:
+            await waiter
+        finally:
+            self.engine.wait_on_client(False)
 
     # --- output ---------------------------------------------------------------------------------
 

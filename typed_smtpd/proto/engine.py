@@ -57,11 +57,12 @@ from typed_smtpd.proto.commands import (
     parse_path,
     split_path_and_params,
 )
-from typed_smtpd.proto.data import process_content
+from typed_smtpd.proto.data import ContentFilter, process_content
 from typed_smtpd.proto.framing import (
     NEED_DATA,
     BadLine,
     ChunkDone,
+    DataChunk,
     DataDone,
     Event,
     Line,
@@ -79,6 +80,13 @@ from typed_smtpd.proto.state import (
     Verb,
     allowed,
     sequence_error,
+)
+from typed_smtpd.proto.stream import (
+    END,
+    ContentStream,
+    MessageTooLarge,
+    StreamError,
+    _End,
 )
 
 __all__ = [
@@ -104,6 +112,7 @@ __all__ = [
     "StartTLS",
     "Step",
     "Steps",
+    "StreamMessage",
     "check_reply",
     "sanitize",
 ]
@@ -209,6 +218,8 @@ class EngineConfig:
     helo_reply: bytes = field(init=False, repr=False)
     #: What runs each known verb: the engine's own command, or ``None`` for the adapter's.
     dispatch: Mapping[str, _Builtin | None] = field(init=False, repr=False)
+    #: Whether message content streams to the ``handle_DATA_stream`` hook.
+    streaming: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for text in (self.hostname, self.ident):
@@ -240,6 +251,7 @@ class EngineConfig:
         if missing:
             raise ValueError(f"no built-in command {', '.join(sorted(missing))}: name it custom")
         set_(self, "dispatch", dispatch)
+        set_(self, "streaming", "handle_DATA_stream" in self.hooks)
 
     def _ehlo_lines(self, *, tls_active: bool) -> tuple[str, ...]:
         lines = [f"250-{self.hostname}"]
@@ -335,8 +347,26 @@ class StartTLS:
     close the engine when the handshake failed."""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamMessage:
+    """Call the handler's ``handle_DATA_stream`` hook with a reader of ``stream`` (the content
+    arrives while the hook runs: the reader takes it with :meth:`ServerEngine.stream_next`);
+    resume with what the hook returned."""
+
+    stream: ContentStream
+
+
 #: Everything :meth:`ServerEngine.next_request` can ask the adapter to run.
-Request = CallHook | HandleError | CallLegacy | RunCommand | RunMechanism | Authenticate | StartTLS
+Request = (
+    CallHook
+    | HandleError
+    | CallLegacy
+    | RunCommand
+    | RunMechanism
+    | Authenticate
+    | StartTLS
+    | StreamMessage
+)
 
 
 class _Closed(Enum):
@@ -465,6 +495,7 @@ class ServerEngine(Generic[S, E]):
         "_shutdown_requested",
         "_step",
         "_steps",
+        "_stream",
         "_tls_refused",
         "closed",
         "config",
@@ -527,6 +558,7 @@ class ServerEngine(Generic[S, E]):
         self._call_counts: Counter[str] | None = None if config.call_limits is None else Counter()
         self._bdat_chunks: list[bytes] = []
         self._bdat_size = 0
+        self._stream: ContentStream | None = None
         now = clock()
         self._last_activity = now
         self._busy = False
@@ -1326,8 +1358,11 @@ class ServerEngine(Generic[S, E]):
             return None
         self.reply(R.ENTER_DATA)
         limits = self.config.limits
-        self._receiver.start_data(limits.max_data_size)
+        streaming = self.config.streaming
+        self._receiver.start_data(limits.max_data_size, stream=streaming)
         self.hard_deadline = self._clock() + limits.data_timeout
+        if streaming:
+            return self._deliver_stream(None)
         self._expect = self._data_done
         return None
 
@@ -1364,8 +1399,16 @@ class ServerEngine(Generic[S, E]):
         elif limits.max_data_size is not None and self._bdat_size + size > limits.max_data_size:
             refusal = R.DATA_TOO_LARGE
         # The chunk is read in full even when it is refused (RFC 3030 section 2).
-        self._receiver.start_bdat(size, discard=refusal is not None)
         self.hard_deadline = self._clock() + limits.data_timeout
+        stream = self._stream
+        if stream is not None:  # the next chunk of a message being streamed
+            self._receiver.start_bdat(size, discard=refusal is not None, stream=True)
+            stream.chunk = (size, last, refusal)
+            return None
+        if refusal is None and self.config.streaming:
+            self._receiver.start_bdat(size, stream=True)
+            return self._deliver_stream((size, last))
+        self._receiver.start_bdat(size, discard=refusal is not None)
         self._expect = functools.partial(self._bdat_done, size, verb, refusal)
         return None
 
@@ -1448,21 +1491,43 @@ class ServerEngine(Generic[S, E]):
 
     def _deliver_lmtp(self) -> Steps:
         """RFC 2033 section 4.2: one final reply per accepted recipient, in RCPT order."""
-        recipients = list(self.envelope.rcpt_tos)
+        if "handle_DATA" not in self.config.hooks:
+            yield from self._recipient_replies()
+            return
+        try:
+            status = yield CallHook("handle_DATA", ())
+        except Exception as error:
+            yield from self._failed_delivery(error)
+            return
+        yield from self._lmtp_replies(status, "handle_DATA")
+
+    def _lmtp_replies(self, status: object, hook: str) -> Steps:
+        """The LMTP replies after ``hook`` returned ``status``: a list holds one reply per
+        recipient; one reply is for every recipient, or, if positive, ``handle_DATA_recipient``
+        gives each its own."""
+        count = len(self.envelope.rcpt_tos)
+        try:
+            if isinstance(status, list):
+                if len(status) != count:
+                    raise _InvalidHookReply(
+                        f"{hook} returned {len(status)} replies for {count} recipients"
+                    )
+                replies = [check_reply(line, hook) for line in status]
+            else:
+                common = check_reply(status, hook)
+                if common[0] == "2" and "handle_DATA_recipient" in self.config.hooks:
+                    yield from self._recipient_replies()
+                    return
+                replies = [common] * count
+        except Exception as error:
+            yield from self._failed_delivery(error)
+            return
+        for line in replies:
+            self.send_status(line, hook)
+
+    def _recipient_replies(self) -> Steps:
         per_recipient = "handle_DATA_recipient" in self.config.hooks
-        if "handle_DATA" in self.config.hooks:
-            try:
-                status = yield CallHook("handle_DATA", ())
-                common = check_reply(status, "handle_DATA")
-            except Exception as error:
-                for _ in recipients:
-                    yield from self._on_error(error)
-                return
-            if common[0] != "2" or not per_recipient:
-                for _ in recipients:
-                    self.send_status(common, "handle_DATA")
-                return
-        for recipient in recipients:
+        for recipient in list(self.envelope.rcpt_tos):
             if not per_recipient:
                 self.reply(R.recipient_delivered(recipient))
                 continue
@@ -1471,6 +1536,157 @@ class ServerEngine(Generic[S, E]):
             except Exception as error:
                 # This recipient's reply comes from the error path; later ones get theirs.
                 yield from self._on_error(error)
+
+    def _failed_delivery(self, error: Exception) -> Steps:
+        """The replies when delivery raised ``error``: one, or under LMTP one per recipient."""
+        for _ in range(len(self.envelope.rcpt_tos) if self.config.lmtp else 1):
+            yield from self._on_error(error)
+
+    # Streaming (the handle_DATA_stream hook)
+
+    def stream_next(self) -> bytes | _NeedData | _End | Steps:
+        """The next piece of the message being streamed, for the reader given to the
+        ``handle_DATA_stream`` hook: bytes (dot-unstuffed, checked as buffered content is),
+        :data:`NEED_DATA` (wait for input, then ask again), :data:`END` after the last piece,
+        or the steps of a command sent between BDAT chunks, to drive first.
+
+        Raises the stream's :class:`~typed_smtpd.proto.stream.StreamError` (again on every
+        call) once the message cannot be delivered.
+        """
+        stream = self._stream
+        if stream is None:
+            raise EngineError("stream_next() while no message is being streamed")
+        while True:
+            self._check_abandoned(stream)
+            if stream.error is not None:
+                raise stream.error
+            if stream.done:
+                return END
+            event = self._receiver.next_event()
+            if event is NEED_DATA:
+                if not self._eof:
+                    return NEED_DATA
+                stream.abandon("the client left before the end of the message")
+                self.close()
+                continue
+            self._partial_since = None
+            item = self._stream_event(stream, event)
+            if item is not None:
+                return item
+
+    def _check_abandoned(self, stream: ContentStream) -> None:
+        """Between BDAT chunks the client may end the transaction (RSET, a greeting, QUIT)."""
+        between_chunks = stream.bdat and stream.chunk is None
+        if not stream.done and (
+            self.closed or (between_chunks and self.state is not State.IN_BDAT)
+        ):
+            stream.abandon("the transaction ended before the end of the message")
+
+    def _deliver_stream(self, chunk: tuple[int, bool] | None) -> Steps:
+        """Run ``handle_DATA_stream`` while the content arrives; read and drop what it leaves,
+        then send its reply, or the refusal of the content."""
+        limits = self.config.limits
+        binary = chunk is not None and self.envelope.body == "BINARYMIME"
+        content_filter = ContentFilter(
+            policy="accept" if binary else limits.bare_newline,
+            line_length_limit=None if binary else limits.line_length_limit,
+            unstuff=chunk is None,
+        )
+        stream = self._stream = ContentStream(content_filter, bdat=chunk is not None)
+        if chunk is not None:
+            stream.chunk = (*chunk, None)
+        result: object = None
+        failure: Exception | None = None
+        try:
+            try:
+                result = yield StreamMessage(stream)
+            except StreamError as error:
+                if error is not stream.error:  # not the reader's own: a hook error like any
+                    failure = error
+            except Exception as error:
+                failure = error
+            while not stream.done:
+                event = yield _WAIT
+                if event is None:  # driven by the adapter, whose client left
+                    stream.abandon("the client left before the end of the message")
+                    self.close()
+                    break
+                item = self._stream_event(stream, event)
+                if isinstance(item, Generator):
+                    yield from item
+                self._check_abandoned(stream)
+        finally:
+            self._stream = None
+        if stream.answered:
+            return
+        try:
+            if stream.reply is not None:
+                self._refuse_message(stream.reply)
+            elif failure is not None:
+                yield from self._failed_delivery(failure)
+            elif self.config.lmtp:
+                yield from self._lmtp_replies(result, "handle_DATA_stream")
+            else:
+                self.send_status(result, "handle_DATA_stream")
+        finally:
+            self._reset_transaction()
+
+    def _stream_event(self, stream: ContentStream, event: Event) -> bytes | Steps | None:
+        """Take one input event into ``stream``: the bytes for the handler, the steps of a
+        command between BDAT chunks, or ``None``."""
+        kind = type(event)
+        if kind is DataChunk:
+            assert isinstance(event, DataChunk)
+            if event.data is None:
+                stream.fail(_too_large())
+                return None
+            return stream.take(stream.filter.feed(event.data)) or None
+        if kind is DataDone:
+            assert isinstance(event, DataDone)
+            self.hard_deadline = None
+            stream.done = True
+            if event.raw is None:
+                stream.fail(_too_large())
+                return None
+            return self._stream_tail(stream, event.raw)
+        if kind is ChunkDone:
+            assert isinstance(event, ChunkDone)
+            return self._stream_chunk(stream, event)
+        try:  # a command between BDAT chunks
+            return self._on_event(event)
+        except Exception as error:
+            return self._on_error(error)
+
+    def _stream_chunk(self, stream: ContentStream, event: ChunkDone) -> bytes | None:
+        self.hard_deadline = None
+        assert stream.chunk is not None
+        size, last, refusal = stream.chunk
+        stream.chunk = None
+        if refusal is not None or event.data is None:
+            if refusal is not None and refusal is not R.DATA_TOO_LARGE:
+                self.reply(refusal)
+                return None
+            stream.fail(_too_large())
+            stream.done = True
+            if not last:  # the reply to this chunk ends the transaction
+                self.reply(R.DATA_TOO_LARGE)
+                self._reset_transaction()
+                stream.answered = True
+            return None
+        self._bdat_size += size
+        if last:
+            stream.done = True
+            return self._stream_tail(stream, event.data)
+        self.reply(R.chunk_received(size))
+        self._accepted(Verb.BDAT)
+        return stream.take(stream.filter.feed(event.data)) or None
+
+    @staticmethod
+    def _stream_tail(stream: ContentStream, raw: bytes) -> bytes | None:
+        content_filter = stream.filter
+        piece = stream.take(content_filter.feed(raw)) if raw else None
+        tail = stream.take(content_filter.finish())
+        return (piece + tail if piece and tail else piece or tail) or None
 
     # STARTTLS
 
@@ -1653,6 +1869,10 @@ class ServerEngine(Generic[S, E]):
 
 _AUTH_LINE: Final = re.compile(r"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
 _AUTH_LINE_BYTES: Final = re.compile(rb"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
+
+
+def _too_large() -> MessageTooLarge:
+    return MessageTooLarge("the message is larger than the server accepts", R.DATA_TOO_LARGE)
 
 
 @overload

@@ -34,6 +34,7 @@ __all__ = [
     "NEED_DATA",
     "BadLine",
     "ChunkDone",
+    "DataChunk",
     "DataDone",
     "Event",
     "Line",
@@ -96,6 +97,14 @@ class DataDone:
 
 
 @dataclass(frozen=True, slots=True)
+class DataChunk:
+    """Streamed content (DATA or BDAT): the next raw octets as they arrived, still dot-stuffed;
+    ``None`` once, when the content passed the size cap (the rest is read and dropped)."""
+
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkDone:
     """A BDAT chunk complete; ``data`` is ``None`` when the chunk was read and discarded."""
 
@@ -103,7 +112,11 @@ class ChunkDone:
 
 
 #: Everything :meth:`Receiver.next_event` can return besides :data:`NEED_DATA`.
-Event = Line | BadLine | DataDone | ChunkDone
+Event = Line | BadLine | DataDone | DataChunk | ChunkDone
+
+#: The octets a streamed DATA holds back: the longest start of ``CRLF . CRLF`` that can end
+#: a buffer.
+_TERMINATOR_PREFIX: Final = 4
 
 
 class Receiver:
@@ -129,7 +142,9 @@ class Receiver:
         "_remaining",
         "_sasl_limit",
         "_scan",
+        "_streaming",
         "_stuffed",
+        "_taken",
         "max_line",
         "policy",
         "utf8",
@@ -148,6 +163,8 @@ class Receiver:
         self._data_limit: int | None = None
         self._remaining = 0
         self._sasl_limit = max_line
+        self._streaming = False
+        self._taken = 0
         #: The longest command line accepted, CRLF included.
         self.max_line: int = max_line
         self.policy: BareNewlinePolicy = policy
@@ -195,20 +212,31 @@ class Receiver:
         self._mode = Mode.SASL
         self._sasl_limit = max_line
 
-    def start_data(self, size_limit: int | None) -> None:
-        """Read DATA content up to ``CRLF.CRLF``; more than ``size_limit`` raw octets is refused."""
+    def start_data(self, size_limit: int | None, *, stream: bool = False) -> None:
+        """Read DATA content up to ``CRLF.CRLF``; more than ``size_limit`` raw octets is refused.
+
+        With ``stream``, the content comes as :class:`DataChunk` events as it arrives (all but
+        the few octets that may start the terminator), and :class:`DataDone` holds the rest.
+        """
         self._mode = Mode.DATA
         self._data_limit = size_limit
         self._scan = 0
         self._at_data_start = True
         self._stuffed = False
         self._discarded = False
+        self._streaming = stream
+        self._taken = 0
 
-    def start_bdat(self, size: int, *, discard: bool = False) -> None:
-        """Read exactly ``size`` octets of a BDAT chunk (dropped as they come if ``discard``)."""
+    def start_bdat(self, size: int, *, discard: bool = False, stream: bool = False) -> None:
+        """Read exactly ``size`` octets of a BDAT chunk (dropped as they come if ``discard``).
+
+        With ``stream``, the octets come as :class:`DataChunk` events as they arrive, and
+        :class:`ChunkDone` holds the last of them.
+        """
         self._mode = Mode.BDAT
         self._remaining = size
         self._discarded = discard
+        self._streaming = stream
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -301,6 +329,8 @@ class Receiver:
                 return self._finish_data(raw)
             self._stuffed = True
             pos = hit + 3
+        if self._streaming:
+            return self._stream_data()
         limit = self._data_limit
         if limit is not None and len(buf) > limit + 3:
             # Over the cap: keep only a tail long enough to hold a split terminator.
@@ -309,11 +339,45 @@ class Receiver:
             self._scan = 0  # the kept tail may hold an undecided "CRLF ." at its start
         return NEED_DATA
 
+    def _stream_data(self) -> DataChunk | _NeedData:
+        """Hand on what cannot belong to the terminator, unless it is being discarded."""
+        buf = self._buf
+        cut = len(buf) - _TERMINATOR_PREFIX
+        if self._scan < len(buf):  # an undecided "CRLF ." stays, with what follows it
+            cut = min(cut, self._scan - 2)
+        if cut > 0 and buf[cut - 1] == 13:  # never split a CRLF
+            cut -= 1
+        if cut <= 0:
+            return NEED_DATA
+        if self._discarded:
+            del buf[:cut]
+            self._scan = 0
+            return NEED_DATA
+        limit = self._data_limit
+        if limit is not None and self._taken + cut > limit:
+            # Over the cap: say so once; from now on, the content is read and dropped.
+            self._discarded = True
+            del buf[:cut]
+            self._scan = 0
+            return DataChunk(None)
+        with memoryview(buf) as view:
+            piece = bytes(view[:cut])
+        del buf[:cut]
+        self._taken += cut
+        self._scan = 0
+        # A piece that ended a line leaves the next one at a line start, where ".CRLF" ends
+        # the content.
+        self._at_data_start = piece.endswith(b"\r\n")
+        return DataChunk(piece)
+
     def _finish_data(self, raw: bytes) -> DataDone:
         self._mode = Mode.COMMAND
         self._scan = 0
         stuffed, self._stuffed = self._stuffed, False
         limit = self._data_limit
+        if self._streaming:
+            limit = None if limit is None else limit - self._taken
+            self._streaming = False
         # The cap counts raw octets on the wire, dot-stuffing included.
         if self._discarded or (limit is not None and len(raw) > limit):
             self._discarded = False
@@ -333,9 +397,15 @@ class Receiver:
             self._discarded = False
             return ChunkDone(None)
         if len(buf) < remaining:
-            return NEED_DATA
+            if not self._streaming or not buf:
+                return NEED_DATA
+            piece = bytes(buf)
+            buf.clear()
+            self._remaining = remaining - len(piece)
+            return DataChunk(piece)
         with memoryview(buf) as view:
             chunk = bytes(view[:remaining])
         del buf[:remaining]
         self._mode = Mode.COMMAND
+        self._streaming = False
         return ChunkDone(chunk)
