@@ -15,13 +15,16 @@ import asyncio
 import contextvars
 import email
 import email.message
+import itertools
 import logging
 import mailbox
 import os
 import re
 import smtplib
+import socket
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from argparse import ArgumentParser
 from collections.abc import Iterable, Sequence
@@ -30,10 +33,12 @@ from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TextIO, cast
 from typing_extensions import Self, TypeVar
 
 from typed_smtpd.proto.replies import INTERNAL_ERROR, Reply
+from typed_smtpd.stream import StreamError
 
 if TYPE_CHECKING:
     from typed_smtpd.session import Envelope, Session
     from typed_smtpd.smtp import SMTP
+    from typed_smtpd.stream import MessageStream
 
 __all__ = [
     "AsyncMessage",
@@ -76,6 +81,12 @@ _ENHANCED_PREFIX: Final = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?:\s+|$)")
 #: C0 controls (tab aside) and DEL: shown escaped so that message content cannot drive a terminal.
 _CONTROL_CHARS: Final = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
 _CR_LF_NUL: Final = {0x0D: None, 0x0A: None, 0x00: None}
+
+#: The most of a header block :class:`Mailbox` holds, when it streams, to leave out forged trace
+#: fields: a header block longer than this (Postfix's ``header_size_limit``) is stored as it came.
+_HEADER_BLOCK_LIMIT: Final = 102_400
+#: Makes the names of the Maildir files :class:`Mailbox` writes itself unique within the process.
+_MAILDIR_COUNTER: Final = itertools.count()
 
 #: Serialises ``Maildir.add`` across threads: the unique file name it picks relies on a counter
 #: shared by every Maildir in the process, which is not thread-safe.
@@ -177,11 +188,109 @@ def _stored_bytes(session: Session, envelope: Envelope) -> bytes:
     content = _without_trace_headers(_received_bytes(envelope))
     line_break = _LINE_BREAK_BYTES.search(content)
     eol = b"\n" if line_break and line_break.group() == b"\n" else b"\r\n"
-    trace = b"".join(
+    return _trace_bytes(session, envelope, eol) + content
+
+
+def _trace_bytes(session: Session, envelope: Envelope, eol: bytes) -> bytes:
+    return b"".join(
         name.encode("ascii") + b": " + _header_bytes(value) + eol
         for name, value in _trace_headers(session, envelope)
     )
-    return trace + content
+
+
+def _header_block_end(content: bytes | bytearray) -> int | None:
+    """Where the header block of the start of a message, ``content``, ends (the offset of its
+    first line that is no header line), or ``None`` while that depends on what follows."""
+    pos = 0
+    size = len(content)
+    while pos < size:
+        line_break = _LINE_BREAK_BYTES.search(content, pos)
+        if line_break is None or (line_break.end() == size and content[-1] == 13):
+            return None  # a line not known to be complete: a CR may yet be CRLF
+        if not _HEADER_BLOCK_LINE.match(content, pos, line_break.end()):
+            return pos
+        pos = line_break.end()
+    return None
+
+
+class _StoredForm:
+    """:func:`_stored_bytes` for content that arrives in pieces: the header block is held
+    (up to :data:`_HEADER_BLOCK_LIMIT`) until its end is known, then passed on with the trace
+    headers first; the body passes straight through."""
+
+    def __init__(self, session: Session, envelope: Envelope) -> None:
+        self._session = session
+        self._envelope = envelope
+        self._head: bytearray | None = bytearray()
+
+    def feed(self, piece: bytes) -> bytes:
+        head = self._head
+        if head is None:
+            return piece
+        head += piece
+        if _header_block_end(head) is None and len(head) <= _HEADER_BLOCK_LIMIT:
+            return b""
+        return self._release()
+
+    def finish(self) -> bytes:
+        return b"" if self._head is None else self._release()
+
+    def _release(self) -> bytes:
+        head, self._head = self._head, None
+        assert head is not None
+        content = _without_trace_headers(bytes(head))
+        line_break = _LINE_BREAK_BYTES.search(content)
+        eol = b"\n" if line_break and line_break.group() == b"\n" else b"\r\n"
+        return _trace_bytes(self._session, self._envelope, eol) + content
+
+
+class _MaildirFile:
+    """One message being written into a Maildir: under ``tmp/`` until :meth:`commit` flushes
+    it to disk and moves it into ``new/``; :meth:`discard` removes it (blocking: run these in a
+    thread)."""
+
+    def __init__(self, mail_dir: str) -> None:
+        self._mail_dir = mail_dir
+        now = time.time()
+        self.name = (
+            f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_MAILDIR_COUNTER)}."
+            f"{_maildir_host()}"
+        )
+        self._path = os.path.join(mail_dir, "tmp", self.name)
+        self._fd: int | None = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None
+        with memoryview(data) as view:
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def commit(self, data: bytes) -> None:
+        self.write(data)
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        try:
+            if os.name == "posix":
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(self._path, os.path.join(self._mail_dir, "new", self.name))
+        if os.name == "posix":
+            _fsync(os.path.join(self._mail_dir, "new"))
+
+    def discard(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+
+
+def _maildir_host() -> str:
+    # As mailbox.Maildir names its files: "/" and ":" cannot be part of the name.
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
 
 
 def _header_bytes(value: str) -> bytes:
@@ -378,11 +487,25 @@ class Mailbox(Message[_MessageT]):
     as the :mod:`email` package writes it. :meth:`handle_message` called directly stores the
     object it is given.
 
-    The write happens in a worker thread, never on the event loop. :class:`mailbox.Maildir` writes
-    the message under ``tmp/`` and then moves it into ``new/`` in one atomic step; the file and the
-    directory are flushed to disk before the client is answered ``250``. If anything fails the
-    client gets ``451 4.3.0`` and keeps the message to try again later; the error is logged.
+    The message streams to disk as it arrives (:meth:`handle_DATA_stream`), so a connection
+    holds a bounded part of it whatever its size: it is written under ``tmp/`` piece by piece,
+    flushed to disk, and moved into ``new/`` in one atomic step only once the content is over;
+    the file is removed if the client leaves first or the message is refused. Every disk
+    operation runs in a worker thread, never on the event loop. The file and the directory are
+    flushed to disk before the client is answered ``250``. If anything fails the client gets
+    ``451 4.3.0`` and keeps the message to try again later; the error is logged.
+
+    A subclass that overrides :meth:`prepare_message` or :meth:`handle_message` gets the
+    message object at the end instead (:meth:`handle_DATA`), as it expects: set
+    ``handle_DATA_stream = None`` to choose that in any subclass. The forged trace fields are
+    looked for in the first 100 KiB of the header block when streaming.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overrides = {"prepare_message", "handle_message"} & set(vars(cls))
+        if overrides and "handle_DATA_stream" not in vars(cls):
+            cls.handle_DATA_stream = None  # type: ignore[assignment]
 
     def __init__(
         self, mail_dir: str | os.PathLike[str], message_class: type[_MessageT] | None = None
@@ -419,6 +542,36 @@ class Mailbox(Message[_MessageT]):
         finally:
             if token is not None:
                 _RECEIVED.reset(token)
+        return OK_REPLY
+
+    async def handle_DATA_stream(
+        self, server: SMTP, session: Session, envelope: Envelope, stream: MessageStream
+    ) -> str:
+        """Write the message into the Maildir as it arrives; ``250`` once it is on disk."""
+        stored = _StoredForm(session, envelope)
+        target: _MaildirFile | None = None
+        try:
+            target = await asyncio.to_thread(_MaildirFile, self.mail_dir)
+            async for piece in stream:
+                data = stored.feed(piece)
+                if data:
+                    await asyncio.to_thread(target.write, data)
+            await asyncio.to_thread(target.commit, stored.finish())
+        except StreamError:
+            if target is not None:
+                await asyncio.to_thread(target.discard)
+            raise  # the server answers, and the client learns why
+        except Exception:
+            log.exception(
+                "Mailbox %s: could not store a message from %s", self.mail_dir, _peer_host(session)
+            )
+            if target is not None:
+                await asyncio.to_thread(target.discard)
+            return LOCAL_ERROR_REPLY
+        except BaseException:  # cancelled (the connection timed out): no thread hop any more
+            if target is not None:
+                target.discard()
+            raise
         return OK_REPLY
 
     def handle_message(self, message: _MessageT) -> None:
@@ -501,7 +654,15 @@ class Proxy:
     The relay is driven by :mod:`smtplib` in a worker thread, so the event loop never waits on it;
     every network operation gives up after ``timeout`` seconds. Before relaying, CR, LF and NUL are
     removed from the envelope addresses (nothing can be injected into the relay's commands), line
-    endings in the content are made CRLF, and an ``X-Peer`` header naming the client is put first.
+    endings in the content are made CRLF and NULs removed (so no end-of-data lookalike reaches the
+    relay, whatever ``bare_newline`` accepted), and an ``X-Peer`` header naming the client is put
+    first.
+
+    Proxy takes the whole message (``handle_DATA``), not a stream: it relays with
+    :mod:`smtplib`, whose ``sendmail`` sends a message whole, so each message is held in memory
+    up to ``data_size_limit`` while it is relayed. Relaying large mail with bounded memory takes
+    a ``handle_DATA_stream`` hook that sends each piece on as it arrives, with an SMTP client that
+    can send DATA in pieces.
     ``SMTPUTF8`` and ``BODY=8BITMIME`` are passed on when the client used them and the relay offers
     them.
 
@@ -595,7 +756,9 @@ class Proxy:
         else:
             content = envelope.content or b""
         peer = _header_value(_peer_host(session)).encode("utf-8", "backslashreplace")
-        return b"X-Peer: " + peer + b"\r\n" + _LINE_BREAK_BYTES.sub(b"\r\n", content)
+        # Whatever the server's bare_newline policy let in: no NUL, bare CR or bare LF goes on.
+        content = _LINE_BREAK_BYTES.sub(b"\r\n", content.replace(b"\x00", b""))
+        return b"X-Peer: " + peer + b"\r\n" + content
 
     def _deliver(
         self,

@@ -54,7 +54,8 @@ _BARE_LF: Final = re.compile(rb"\n(?<!\r\n)")
 def has_bare_newline_or_nul(content: bytes) -> bool:
     """True when ``content`` holds a CR not followed by LF, an LF not preceded by CR, or a NUL.
 
-    Each pattern starts with a literal, so the regular expression engine scans for it in C.
+    Each pattern starts with a literal, so the regular expression engine scans for it in C
+    (faster than counting CRLFs, a two-octet search).
     """
     return (
         b"\x00" in content
@@ -159,22 +160,24 @@ class ContentFilter:
         #: found earlier, as in :func:`process_content`, so the rest is still checked.
         self.refusal: Reply | None = None
 
-    def feed(self, piece: bytes) -> bytes | Reply:
-        """The output for one more piece of raw content, or the reply that refuses it all."""
+    def feed(self, piece: bytes, *, stuffed: bool = True) -> bytes | Reply:
+        """The output for one more piece of raw content, or the reply that refuses it all.
+        ``stuffed=False`` says that no CRLF "." is in ``piece`` (unstuffing has less to do)."""
         if self._cr:
             piece = b"\r" + piece
+            stuffed = True
         self._cr = piece.endswith(b"\r")
         if self._cr:
             piece = piece[:-1]
-        return self._process(piece, final=False)
+        return self._process(piece, final=False, stuffed=stuffed)
 
     def finish(self) -> bytes | Reply:
         """The output for the end of the content (a CR held back, if any)."""
         piece = b"\r" if self._cr else b""
         self._cr = False
-        return self._process(piece, final=True)
+        return self._process(piece, final=True, stuffed=True)
 
-    def _process(self, piece: bytes, *, final: bool) -> bytes | Reply:
+    def _process(self, piece: bytes, *, final: bool, stuffed: bool) -> bytes | Reply:
         if self.refusal is DATA_BAD_LINE_ENDING:
             return self.refusal
         checked = apply_newline_policy(piece, self.policy)
@@ -191,7 +194,9 @@ class ContentFilter:
         at_line_start, self._line_start = self._line_start, checked.endswith(b"\r\n")
         if at_line_start and checked.startswith(b"."):
             checked = checked[1:]
-        return checked.replace(b"\r\n.", b"\r\n")
+        if stuffed or checked is not piece:
+            return checked.replace(b"\r\n.", b"\r\n")
+        return checked
 
     def _too_long(self, checked: bytes, *, final: bool) -> bool:
         limit = self.limit

@@ -220,6 +220,9 @@ class EngineConfig:
     dispatch: Mapping[str, _Builtin | None] = field(init=False, repr=False)
     #: Whether message content streams to the ``handle_DATA_stream`` hook.
     streaming: bool = field(init=False, repr=False)
+    #: Whether message content is read and dropped as it arrives: nothing takes it (no
+    #: ``handle_DATA``, ``process_message`` or stream hook, not LMTP).
+    discarding: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for text in (self.hostname, self.ident):
@@ -252,6 +255,8 @@ class EngineConfig:
             raise ValueError(f"no built-in command {', '.join(sorted(missing))}: name it custom")
         set_(self, "dispatch", dispatch)
         set_(self, "streaming", "handle_DATA_stream" in self.hooks)
+        takers = {"handle_DATA", "handle_DATA_stream", "process_message"}
+        set_(self, "discarding", not self.lmtp and not takers & self.hooks)
 
     def _ehlo_lines(self, *, tls_active: bool) -> tuple[str, ...]:
         lines = [f"250-{self.hostname}"]
@@ -773,12 +778,12 @@ class ServerEngine(Generic[S, E]):
         return steps
 
     def _expected(self) -> Steps:
-        expect, self._expect = self._expect, None
-        assert expect is not None
-        event = yield _WAIT
-        steps = expect(event)
-        if steps is not None:
-            yield from steps
+        while self._expect is not None:  # a continuation may hand on to the next one
+            expect, self._expect = self._expect, None
+            event = yield _WAIT
+            steps = expect(event)
+            if steps is not None:
+                yield from steps
 
     def next_input(self) -> Event | _NeedData:
         """The next framed input event, for steps driven by the adapter."""
@@ -1358,12 +1363,14 @@ class ServerEngine(Generic[S, E]):
             return None
         self.reply(R.ENTER_DATA)
         limits = self.config.limits
-        streaming = self.config.streaming
-        self._receiver.start_data(limits.max_data_size, stream=streaming)
+        config = self.config
+        self._receiver.start_data(
+            limits.max_data_size, stream=config.streaming or config.discarding
+        )
         self.hard_deadline = self._clock() + limits.data_timeout
-        if streaming:
+        if config.streaming:
             return self._deliver_stream(None)
-        self._expect = self._data_done
+        self._expect = self._drop_data if config.discarding else self._data_done
         return None
 
     def _data_done(self, event: Event) -> Steps | None:
@@ -1377,9 +1384,41 @@ class ServerEngine(Generic[S, E]):
             event.raw,
             policy=limits.bare_newline,
             line_length_limit=limits.line_length_limit,
-            unstuff=event.stuffed,
+            stuffed=event.stuffed,
         )
         return self._finish(content)
+
+    def _drop_data(self, event: Event, stream: ContentStream | None = None) -> None:
+        """The content of DATA when nothing takes it: checked as it arrives, then dropped;
+        ``250`` if it passes. Content that came whole is checked in one go."""
+        if stream is None:
+            if type(event) is DataDone:
+                self.hard_deadline = None
+                content = (
+                    event.error or R.DATA_TOO_LARGE
+                    if event.raw is None
+                    else process_content(
+                        event.raw,
+                        policy=self.config.limits.bare_newline,
+                        line_length_limit=self.config.limits.line_length_limit,
+                        stuffed=event.stuffed,
+                    )
+                )
+                self._dropped(content if isinstance(content, Reply) else None)
+                return
+            stream = ContentStream(self._content_filter(None), bdat=False)
+        self._stream_event(stream, event)
+        if stream.done:
+            self._dropped(stream.reply)
+        else:
+            self._expect = functools.partial(self._drop_data, stream=stream)
+
+    def _dropped(self, refusal: Reply | None) -> None:
+        if refusal is not None:
+            self._refuse_message(refusal)
+        else:
+            self.reply(R.OK)
+            self._reset_transaction()
 
     def _bdat(self, arg: str | None) -> Steps | None:
         match = _BDAT_ARG.fullmatch(arg or "")
@@ -1405,9 +1444,10 @@ class ServerEngine(Generic[S, E]):
             self._receiver.start_bdat(size, discard=refusal is not None, stream=True)
             stream.chunk = (size, last, refusal)
             return None
-        if refusal is None and self.config.streaming:
+        config = self.config
+        if refusal is None and (config.streaming or config.discarding):
             self._receiver.start_bdat(size, stream=True)
-            return self._deliver_stream((size, last))
+            return self._deliver_stream((size, last), hook=config.streaming)
         self._receiver.start_bdat(size, discard=refusal is not None)
         self._expect = functools.partial(self._bdat_done, size, verb, refusal)
         return None
@@ -1582,24 +1622,19 @@ class ServerEngine(Generic[S, E]):
         ):
             stream.abandon("the transaction ended before the end of the message")
 
-    def _deliver_stream(self, chunk: tuple[int, bool] | None) -> Steps:
+    def _deliver_stream(self, chunk: tuple[int, bool] | None, *, hook: bool = True) -> Steps:
         """Run ``handle_DATA_stream`` while the content arrives; read and drop what it leaves,
-        then send its reply, or the refusal of the content."""
-        limits = self.config.limits
-        binary = chunk is not None and self.envelope.body == "BINARYMIME"
-        content_filter = ContentFilter(
-            policy="accept" if binary else limits.bare_newline,
-            line_length_limit=None if binary else limits.line_length_limit,
-            unstuff=chunk is None,
-        )
-        stream = self._stream = ContentStream(content_filter, bdat=chunk is not None)
+        then send its reply, or the refusal of the content. Without ``hook`` all of it is
+        checked and dropped as it arrives, and a message that passes is answered ``250``."""
+        stream = self._stream = ContentStream(self._content_filter(chunk), bdat=chunk is not None)
         if chunk is not None:
             stream.chunk = (*chunk, None)
         result: object = None
         failure: Exception | None = None
         try:
             try:
-                result = yield StreamMessage(stream)
+                if hook:
+                    result = yield StreamMessage(stream)
             except StreamError as error:
                 if error is not stream.error:  # not the reader's own: a hook error like any
                     failure = error
@@ -1624,12 +1659,24 @@ class ServerEngine(Generic[S, E]):
                 self._refuse_message(stream.reply)
             elif failure is not None:
                 yield from self._failed_delivery(failure)
+            elif not hook:
+                self.reply(R.OK)
             elif self.config.lmtp:
                 yield from self._lmtp_replies(result, "handle_DATA_stream")
             else:
                 self.send_status(result, "handle_DATA_stream")
         finally:
             self._reset_transaction()
+
+    def _content_filter(self, chunk: tuple[int, bool] | None) -> ContentFilter:
+        """The checks of DATA content (``chunk`` is ``None``) or of BDAT content."""
+        limits = self.config.limits
+        binary = chunk is not None and self.envelope.body == "BINARYMIME"
+        return ContentFilter(
+            policy="accept" if binary else limits.bare_newline,
+            line_length_limit=None if binary else limits.line_length_limit,
+            unstuff=chunk is None,
+        )
 
     def _stream_event(self, stream: ContentStream, event: Event) -> bytes | Steps | None:
         """Take one input event into ``stream``: the bytes for the handler, the steps of a
@@ -1640,7 +1687,7 @@ class ServerEngine(Generic[S, E]):
             if event.data is None:
                 stream.fail(_too_large())
                 return None
-            return stream.take(stream.filter.feed(event.data)) or None
+            return stream.take(stream.filter.feed(event.data, stuffed=event.stuffed)) or None
         if kind is DataDone:
             assert isinstance(event, DataDone)
             self.hard_deadline = None

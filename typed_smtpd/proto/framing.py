@@ -102,6 +102,8 @@ class DataChunk:
     ``None`` once, when the content passed the size cap (the rest is read and dropped)."""
 
     data: bytes | None
+    #: Whether ``data`` may hold a CRLF "." (DATA: a line to unstuff).
+    stuffed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +367,11 @@ class Receiver:
         del buf[:cut]
         self._taken += cut
         self._scan = 0
+        stuffed, self._stuffed = self._stuffed, False
         # A piece that ended a line leaves the next one at a line start, where ".CRLF" ends
         # the content.
         self._at_data_start = piece.endswith(b"\r\n")
-        return DataChunk(piece)
+        return DataChunk(piece, stuffed)
 
     def _finish_data(self, raw: bytes) -> DataDone:
         self._mode = Mode.COMMAND
