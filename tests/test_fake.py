@@ -30,7 +30,7 @@ from typed_smtpd.testing import (
     format_transcript,
 )
 from typed_smtpd.testing.client import ReplyReader, SocketClient, dot_stuff
-from typed_smtpd.testing.fake import MemoryTransport
+from typed_smtpd.testing.fake import FakeClient, MemoryTransport
 
 SMTP_PARAMETERS = frozenset(inspect.signature(SMTP).parameters)
 MESSAGE = b"From: a@client.test\r\nTo: b@server.test\r\nSubject: hello\r\n\r\nHi.\r\n"
@@ -643,3 +643,54 @@ async def test_commands_the_table_refuses_between_bdat_chunks(command: str) -> N
         await client.rcpt("b@c.test")
         assert (await client.bdat(b"chunk")).code == 250
         assert (await client.send(command)).code == 503
+
+
+# --- write backpressure -------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_memory_transport_pushes_back_on_the_real_protocol() -> None:
+    """Past the high-water mark of unread replies the SMTP protocol is told to pause writing; it
+    then answers nothing more until the client reads, and everything once it has."""
+    loop = asyncio.get_running_loop()
+    protocol = SMTP(None, hostname="mx.test")
+    transport = MemoryTransport(loop, protocol, high_water=256, low_water=0)
+    client = FakeClient(transport, protocol)
+    protocol.connection_made(transport)
+    greeting = await client.read_greeting()
+    assert greeting.code == 220
+    assert transport.get_write_buffer_limits() == (0, 256)
+
+    client.send_bytes(b"NOOP\r\n" * 40)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.writing_paused
+    written = transport.get_write_buffer_size()
+    assert written > 256
+
+    client.send_bytes(b"NOOP\r\n" * 40)  # read by the engine, not answered while paused
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.get_write_buffer_size() == written
+    assert transport.writing_paused
+
+    replies = await client.read_replies(80)  # reading drains: writing resumes, the rest comes
+    assert [reply.code for reply in replies] == [250] * 80
+    assert not transport.writing_paused
+    assert transport.get_write_buffer_size() == 0
+    await client.quit()
+
+
+def test_memory_transport_limits_check_themselves() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        transport = MemoryTransport(loop, asyncio.Protocol())
+        assert transport.get_write_buffer_limits() == (0, 0)
+        transport.set_write_buffer_limits(1000)
+        assert transport.get_write_buffer_limits() == (250, 1000)
+        with pytest.raises(ValueError, match="low_water"):
+            transport.set_write_buffer_limits(10, 20)
+        with pytest.raises(ValueError, match="needs high_water"):
+            transport.set_write_buffer_limits(None, 5)
+    finally:
+        loop.close()

@@ -158,9 +158,13 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"TYPED_SMTPD_{name}", raising=False)
 
 
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """Run the sample project's tests in a fresh interpreter (benchmarks off: they warn)."""
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", *args)
+def run(pytester: pytest.Pytester, *args: str, others: bool = False) -> pytest.RunResult:
+    """Run the sample project's tests in a fresh interpreter (benchmarks off: they warn; and
+    smtpdfix's plugin, if installed, off unless ``others``)."""
+    options = ["-p", "no:cacheprovider", "-p", "no:benchmark"]
+    if not others:
+        options += ["-p", "no:smtpd"]
+    return pytester.runpytest_subprocess(*options, *args)
 
 
 @pytest.fixture
@@ -218,3 +222,156 @@ def test_the_plugin_imports_nothing_heavy() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+FAULTS = """
+import smtplib
+
+import pytest
+
+MESSAGE = b"Subject: retry\\r\\n\\r\\nHello.\\r\\n"
+
+
+def send(host, port):
+    with smtplib.SMTP(host, port, timeout=5) as client:
+        client.sendmail("a@client.test", ["b@server.test"], MESSAGE)
+
+
+@pytest.mark.smtpd(faults=["eod/1=451 4.3.0 Try again later"])
+def test_marker_faults_on_the_real_server(smtpd):
+    with pytest.raises(smtplib.SMTPDataError):
+        send(smtpd.hostname, smtpd.port)
+    send(smtpd.hostname, smtpd.port)
+    assert len(smtpd.wait_for_messages(1)) == 1
+
+
+@pytest.mark.smtpd(faults=["data/1=drop-after:10"], fault_seed=3)
+def test_marker_faults_at_a_server_class_stage(typed_smtpd):
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        send(typed_smtpd.hostname, typed_smtpd.port)
+    send(typed_smtpd.hostname, typed_smtpd.port)
+
+
+@pytest.mark.asyncio
+@pytest.mark.smtpd(faults=["rcpt~*@gone.test=550 5.1.1 No such user"])
+async def test_marker_faults_on_the_fake(fake_smtpd):
+    client = fake_smtpd.client()
+    await client.ehlo()
+    await client.mail("a@client.test")
+    assert (await client.rcpt("x@gone.test")).code == 550
+
+
+@pytest.mark.smtpd(faults=["rcpt=maybe"])
+def test_a_bad_rule_is_a_usage_error(smtpd):
+    pass
+"""
+
+INTERCEPT = """
+import asyncio
+import smtplib
+import ssl
+
+import aiosmtplib
+import pytest
+
+MESSAGE = "From: app@example.com\\r\\nSubject: Welcome\\r\\n\\r\\nHello!\\r\\n"
+
+
+def send_welcome(address):  # the application's own code
+    with smtplib.SMTP("smtp.example.com", 587, timeout=5) as client:
+        client.starttls(context=ssl.create_default_context())
+        client.login("app", "secret")
+        client.sendmail("app@example.com", [address], MESSAGE)
+
+
+@pytest.mark.smtpd(auth="app:secret")
+def test_the_application_reaches_the_fake(smtpd_intercept):
+    mail = smtpd_intercept("smtp.example.com", 587)
+    send_welcome("anne@example.net")
+    [message] = mail.messages
+    assert message.message["Subject"] == "Welcome"
+    assert message.tls and message.authenticated
+
+
+@pytest.mark.smtpd(faults=["eod/1=451 4.3.0 Later"])
+def test_aiosmtplib_and_faults(smtpd_intercept):
+    mail = smtpd_intercept("smtp.example.com", 465, ("mx.example.org", 25))
+    async def send():
+        await aiosmtplib.send(MESSAGE, sender="app@example.com", recipients=["b@example.net"],
+                              hostname="smtp.example.com", port=465, use_tls=True)
+    with pytest.raises(aiosmtplib.SMTPDataError):
+        asyncio.run(send())
+    asyncio.run(send())
+    assert len(mail.messages) == 1
+"""
+
+OTHER_SMTPD = """
+import pytest
+
+
+class OtherPlugin:
+    @pytest.fixture
+    def smtpd(self):
+        return "theirs"
+
+
+def pytest_addhooks(pluginmanager):
+    pluginmanager.register(OtherPlugin(), "smtpdfix")  # as smtpdfix's own conftest names it
+"""
+
+SMTPDFIX_STYLE = """
+from email.message import EmailMessage
+import smtplib
+
+
+def test_smtpdfix_fixture(smtpd):
+    assert smtpd.config.login_username  # smtpdfix's configuration object
+    message = EmailMessage()
+    message["Subject"] = "Foo"
+    message["From"] = "from.addr@example.org"
+    message["To"] = "to.addr@example.org"
+    message.set_content("foo bar")
+    with smtplib.SMTP(smtpd.hostname, smtpd.port) as client:
+        client.send_message(message)
+    assert smtpd.messages[0]["Subject"] == "Foo"
+
+
+def test_ours_beside_it(typed_smtpd):
+    with typed_smtpd.smtp() as client:
+        client.sendmail("a@client.test", ["b@server.test"], b"Subject: ours\\r\\n\\r\\nx\\r\\n")
+    assert typed_smtpd.wait_for_messages(1)[0].message["Subject"] == "ours"
+"""
+
+
+def test_the_marker_takes_fault_rules(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_faults=FAULTS)
+    result = run(pytester)
+    result.stdout.fnmatch_lines(["*typed_smtpd fixture options: unknown action 'maybe'*"])
+    result.assert_outcomes(passed=3, errors=1)
+
+
+def test_the_intercept_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_intercept=INTERCEPT)
+    run(pytester).assert_outcomes(passed=2)
+
+
+def test_another_plugins_smtpd_fixture_is_left_alone(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(OTHER_SMTPD)
+    pytester.makepyfile(
+        test_both="""
+def test_both(smtpd, typed_smtpd):
+    assert smtpd == "theirs"
+    assert typed_smtpd.port > 0
+"""
+    )
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_smtpdfix_tests_pass_beside_ours(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("smtpdfix")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_smtpdfix=SMTPDFIX_STYLE)
+    run(pytester, others=True).assert_outcomes(passed=2)

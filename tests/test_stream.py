@@ -533,3 +533,19 @@ def test_no_warning_for_the_builtin_handlers() -> None:
         warnings.simplefilter("error")
         HookRegistry(Sink())
         HookRegistry(Mailbox.__new__(Mailbox))
+
+
+@pytest.mark.asyncio
+async def test_the_fake_server_records_streamed_messages() -> None:
+    from typed_smtpd.testing import FakeSMTPServer
+
+    async with FakeSMTPServer(Collecting()) as server:
+        client = server.client()
+        await client.ehlo()
+        await client.mail("a@b.test")
+        await client.rcpt("c@d.test")
+        reply = await client.data(b"Subject: streamed\r\n\r\n.dot\r\nbody\r\n")
+        assert reply.code == 250 and reply.text.startswith("Got")
+    (message,) = server.messages
+    assert message.content == b"Subject: streamed\r\n\r\n.dot\r\nbody\r\n"
+    assert message.message["Subject"] == "streamed"

@@ -51,6 +51,7 @@ __all__ = [
     "HandleRSET",
     "HandleSTARTTLS",
     "HandleVRFY",
+    "Handler",
     "HookRegistry",
     "HookSignatureError",
     "auth_mechanism",
@@ -550,3 +551,117 @@ class HookRegistry:
         self.auth_mechanisms: dict[str, AuthHook] = {
             mechanism: getattr(handler, attribute) for mechanism, attribute in spec.mechanisms
         }
+
+
+# --- the opt-in base class for type checkers ----------------------------------------------------
+
+
+class Handler:
+    """An optional base class for handlers, so that type checkers check every hook's shape.
+
+    One line per handler class opts in: subclass it, and mark each hook ``@override``
+    (:func:`typing.override` from Python 3.12, :func:`typing_extensions.override` before)::
+
+        from typing_extensions import override
+
+        class MyHandler(Handler):
+            @override
+            async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                                  address: str, rcpt_options: list[str]) -> str: ...
+
+    ``mypy --strict`` and pyright then report, in the handler's own code: a hook that is not a
+    coroutine function (or, for ``handle_STARTTLS``, is one), a hook with other parameters, and
+    one with another return type, as incompatible overrides; and a misspelled hook
+    (``handle_RCTP``) as an ``@override`` that overrides nothing. Switch on mypy's
+    ``explicit-override`` error code or pyright's ``reportImplicitOverride`` so that a hook without
+    ``@override`` is reported too, and ``@override`` cannot be forgotten.
+
+    The hooks are declared for type checkers only: at run time this class has none, so a
+    subclass has exactly the hooks it defines and the server's defaults apply to the rest (never
+    call ``super().handle_RCPT(...)``). AUTH mechanisms (``auth_*``) are not declared here: their
+    shape is :class:`AuthMechanism`.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        async def handle_HELO(
+            self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+        ) -> str:
+            """As :class:`HandleHELO` states it."""
+
+        async def handle_EHLO(
+            self,
+            server: SMTP,
+            session: Session,
+            envelope: Envelope,
+            hostname: str,
+            responses: list[str],
+        ) -> list[str]:
+            """As :class:`HandleEHLO` states it."""
+
+        async def handle_MAIL(
+            self,
+            server: SMTP,
+            session: Session,
+            envelope: Envelope,
+            address: str,
+            mail_options: list[str],
+        ) -> str:
+            """As :class:`HandleMAIL` states it."""
+
+        async def handle_RCPT(
+            self,
+            server: SMTP,
+            session: Session,
+            envelope: Envelope,
+            address: str,
+            rcpt_options: list[str],
+        ) -> str:
+            """As :class:`HandleRCPT` states it."""
+
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            """As :class:`HandleDATA` states it."""
+
+        async def handle_DATA_stream(
+            self, server: SMTP, session: Session, envelope: Envelope, stream: MessageStream
+        ) -> str | list[str]:
+            """As :class:`HandleDATAStream` states it."""
+
+        async def handle_DATA_recipient(
+            self, server: SMTP, session: Session, envelope: Envelope, recipient: str
+        ) -> str:
+            """As :class:`HandleLMTPRecipient` states it."""
+
+        async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            """As :class:`HandleRSET` states it."""
+
+        async def handle_NOOP(
+            self, server: SMTP, session: Session, envelope: Envelope, arg: str
+        ) -> str:
+            """As :class:`HandleNOOP` states it."""
+
+        async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            """As :class:`HandleQUIT` states it."""
+
+        async def handle_VRFY(
+            self, server: SMTP, session: Session, envelope: Envelope, address: str
+        ) -> str:
+            """As :class:`HandleVRFY` states it."""
+
+        async def handle_AUTH(
+            self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
+        ) -> str | None:
+            """As :class:`HandleAUTH` states it."""
+
+        def handle_PROXY(
+            self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
+        ) -> bool | Awaitable[bool]:
+            """As :class:`HandlePROXY` states it (sync or async)."""
+
+        def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
+            """As :class:`HandleSTARTTLS` states it."""
+
+        def handle_exception(self, error: Exception) -> str | Awaitable[str]:
+            """As :class:`HandleException` states it (sync or async)."""

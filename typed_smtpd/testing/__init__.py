@@ -9,6 +9,8 @@ What lives here (re-exported from the submodules):
 * :class:`RecordingHandler` and :class:`ReceivedMessage`: what a server accepted;
 * :class:`FaultInjector` with :class:`Rule`, :class:`Stage`, the actions and selectors:
   deterministic fault injection, also from the command line;
+* :class:`Interception` and :class:`Target`: the application's own :mod:`smtplib` and aiosmtplib
+  clients reach a fake server through memory (``server.intercept("smtp.example.com", 587)``);
 * :func:`check_server`: one conformance suite for the fake and for real servers;
 * :class:`LocalSMTPServer` and :class:`ServerOptions`: a real server on a free local port with
   STARTTLS, implicit TLS and AUTH switches (what the pytest fixtures use).
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from typed_smtpd.testing.handlers import Delay as Delay
     from typed_smtpd.testing.handlers import Disconnect as Disconnect
     from typed_smtpd.testing.handlers import Drop as Drop
+    from typed_smtpd.testing.handlers import DropAfter as DropAfter
     from typed_smtpd.testing.handlers import FaultEvent as FaultEvent
     from typed_smtpd.testing.handlers import FaultInjector as FaultInjector
     from typed_smtpd.testing.handlers import Greylist as Greylist
@@ -57,6 +60,8 @@ if TYPE_CHECKING:
     from typed_smtpd.testing.handlers import Stage as Stage
     from typed_smtpd.testing.handlers import Throttle as Throttle
     from typed_smtpd.testing.handlers import parse_rule as parse_rule
+    from typed_smtpd.testing.intercept import Interception as Interception
+    from typed_smtpd.testing.intercept import Target as Target
     from typed_smtpd.testing.server import LocalSMTPServer as LocalSMTPServer
     from typed_smtpd.testing.server import ServerOptions as ServerOptions
 
@@ -70,11 +75,13 @@ __all__ = [
     "Delay",
     "Disconnect",
     "Drop",
+    "DropAfter",
     "FakeClient",
     "FakeSMTPServer",
     "FaultEvent",
     "FaultInjector",
     "Greylist",
+    "Interception",
     "LocalSMTPServer",
     "MemoryTransport",
     "Nth",
@@ -90,6 +97,7 @@ __all__ = [
     "SocketClient",
     "SocketpairSMTPServer",
     "Stage",
+    "Target",
     "Throttle",
     "TranscriptEntry",
     "check_server",
@@ -107,11 +115,13 @@ _LAZY: Final[dict[str, str]] = {
     "Delay": "typed_smtpd.testing.handlers",
     "Disconnect": "typed_smtpd.testing.handlers",
     "Drop": "typed_smtpd.testing.handlers",
+    "DropAfter": "typed_smtpd.testing.handlers",
     "FakeClient": "typed_smtpd.testing.fake",
     "FakeSMTPServer": "typed_smtpd.testing.fake",
     "FaultEvent": "typed_smtpd.testing.handlers",
     "FaultInjector": "typed_smtpd.testing.handlers",
     "Greylist": "typed_smtpd.testing.handlers",
+    "Interception": "typed_smtpd.testing.intercept",
     "LocalSMTPServer": "typed_smtpd.testing.server",
     "MemoryTransport": "typed_smtpd.testing.fake",
     "Nth": "typed_smtpd.testing.handlers",
@@ -127,6 +137,7 @@ _LAZY: Final[dict[str, str]] = {
     "SocketClient": "typed_smtpd.testing.client",
     "SocketpairSMTPServer": "typed_smtpd.testing.fake",
     "Stage": "typed_smtpd.testing.handlers",
+    "Target": "typed_smtpd.testing.intercept",
     "Throttle": "typed_smtpd.testing.handlers",
     "TranscriptEntry": "typed_smtpd.testing.client",
     "check_server": "typed_smtpd.testing.conformance",

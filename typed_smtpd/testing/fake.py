@@ -27,7 +27,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from typing_extensions import Self, Unpack
 
@@ -41,10 +41,12 @@ from typed_smtpd.testing.client import (
     insecure_client_context,
 )
 from typed_smtpd.testing.handlers import ReceivedMessage, RecordingHandler, server_class_for
+from typed_smtpd.testing.intercept import IMPLICIT_TLS_PORT, Interception, Target
 
 __all__ = [
     "DEFAULT_PEER",
     "DEFAULT_SOCKNAME",
+    "ClientSink",
     "FakeClient",
     "FakeSMTPServer",
     "MemoryTransport",
@@ -60,7 +62,7 @@ _FAKE_HOSTNAME: Final = "fake-smtpd.test"
 _STOP_TIMEOUT: Final = 5.0
 
 
-def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+def feed_protocol(protocol: asyncio.BaseProtocol, data: bytes) -> None:
     """Deliver ``data`` to a streaming or a buffered protocol."""
     if isinstance(protocol, asyncio.BufferedProtocol):
         view = memoryview(data)
@@ -77,15 +79,26 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
         protocol.data_received(data)
 
 
+class ClientSink(Protocol):
+    """Where a :class:`MemoryTransport` puts what the server writes: the client's end."""
+
+    def feed(self, data: bytes) -> None:
+        """The server wrote ``data``."""
+
+    def feed_eof(self) -> None:
+        """The server closed its side (or the connection)."""
+
+
 class _ClientEnd:
     """The client's end of the memory pipe: what the server wrote, waiting to be read."""
 
-    __slots__ = ("buffer", "eof", "waiter")
+    __slots__ = ("buffer", "eof", "on_read", "waiter")
 
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.eof = False
         self.waiter: asyncio.Future[None] | None = None
+        self.on_read: Callable[[int], None] | None = None
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -106,6 +119,8 @@ class _ClientEnd:
             await self.waiter
         data = bytes(self.buffer)
         self.buffer.clear()
+        if self.on_read is not None and data:
+            self.on_read(len(data))
         return data
 
 
@@ -117,6 +132,14 @@ class MemoryTransport(asyncio.Transport):
     only while reading is not paused. ``get_extra_info("peername")`` and ``"sockname"`` report the
     addresses given. :attr:`writes` counts the server's ``write()`` calls (handy for tests of
     batching or throttling).
+
+    Flow control, as a socket transport does it: with ``high_water`` set, once more than that many
+    octets the server wrote are unread by the client, the transport calls the protocol's
+    ``pause_writing()``; when the client has read enough to bring them down to ``low_water``
+    (default: a quarter of ``high_water``), ``resume_writing()``. Without it (the default) writes
+    never push back. ``client`` replaces the client's end (anything with ``feed`` and
+    ``feed_eof``, see :class:`ClientSink`); such an end reports what it consumed through
+    :meth:`client_consumed`.
     """
 
     _start_tls_compatible = True
@@ -129,11 +152,21 @@ class MemoryTransport(asyncio.Transport):
         peername: object = DEFAULT_PEER,
         sockname: object = DEFAULT_SOCKNAME,
         extra: dict[str, object] | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        client: ClientSink | None = None,
     ) -> None:
         super().__init__({"peername": peername, "sockname": sockname, **(extra or {})})
         self._loop = loop
         self._protocol = protocol
         self._client = _ClientEnd()
+        self._client.on_read = self.client_consumed
+        self._sink: ClientSink = self._client if client is None else client
+        self._high_water: int | None = None
+        self._low_water = 0
+        self._unread = 0
+        self._writing_paused = False
+        self.set_write_buffer_limits(high_water, low_water)
         self._incoming: collections.deque[bytes] = collections.deque()
         self._incoming_eof = False
         self._reading = True
@@ -150,7 +183,26 @@ class MemoryTransport(asyncio.Transport):
         if self._closing:
             return
         self.writes += 1
-        self._client.feed(bytes(data))
+        self._unread += len(data)
+        self._sink.feed(bytes(data))
+        high = self._high_water
+        if high is not None and not self._writing_paused and self._unread > high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def client_consumed(self, count: int) -> None:
+        """The client read ``count`` octets of what the server wrote: resume the server's writes
+        once no more than ``low_water`` octets are left unread."""
+        self._unread = max(0, self._unread - count)
+        if self._writing_paused and self._unread <= self._low_water:
+            self._writing_paused = False
+            if not self._lost:
+                self._protocol.resume_writing()
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the protocol was told to pause writing and not yet to resume."""
+        return self._writing_paused
 
     def writelines(self, list_of_data: Any) -> None:
         """Hand every buffer to the client, as one write."""
@@ -158,7 +210,7 @@ class MemoryTransport(asyncio.Transport):
 
     def write_eof(self) -> None:
         """Half-close: the client sees end of stream."""
-        self._client.feed_eof()
+        self._sink.feed_eof()
 
     def can_write_eof(self) -> bool:
         """Half-close is supported."""
@@ -177,7 +229,7 @@ class MemoryTransport(asyncio.Transport):
             return
         self._closing = True
         self._incoming.clear()
-        self._client.feed_eof()
+        self._sink.feed_eof()
         self._loop.call_soon(self._connection_lost, exc)
 
     def _connection_lost(self, exc: BaseException | None) -> None:
@@ -213,17 +265,35 @@ class MemoryTransport(asyncio.Transport):
         return self._protocol
 
     def get_write_buffer_size(self) -> int:
-        """Always 0: writes are handed over at once."""
-        return 0
+        """With flow control, the octets written and not yet read by the client; else 0."""
+        return 0 if self._high_water is None else self._unread
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        """``(0, 0)``: nothing is ever buffered."""
-        return (0, 0)
+        """``(low, high)``; ``(0, 0)`` without flow control."""
+        return (0, 0) if self._high_water is None else (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """Accepted and ignored: nothing is ever buffered."""
+        """Switch flow control on at ``high`` unread octets (``None``: off, as by default);
+        writes resume at ``low`` (default ``high // 4``)."""
+        if high is None:
+            if low is not None:
+                raise ValueError("low_water needs high_water")
+            self._high_water, self._low_water = None, 0
+            return
+        low = high // 4 if low is None else low
+        if not 0 <= low <= high:
+            raise ValueError(f"need 0 <= low_water <= high_water, not {low} and {high}")
+        self._high_water, self._low_water = high, low
 
     # --- the client's side ----------------------------------------------------------------------
+
+    def client_write(self, data: bytes) -> None:
+        """The client sent ``data`` (call it in the transport's event loop)."""
+        self._client_write(data)
+
+    def client_eof(self) -> None:
+        """The client closed its sending side (call it in the transport's event loop)."""
+        self._client_eof()
 
     def _client_write(self, data: bytes) -> None:
         if self._closing or self._incoming_eof:
@@ -248,7 +318,7 @@ class MemoryTransport(asyncio.Transport):
         # the next write is delivered.
         self._scheduled = False
         if self._reading and not self._closing and self._incoming:
-            _feed(self._protocol, self._incoming.popleft())
+            feed_protocol(self._protocol, self._incoming.popleft())
             if self._incoming or self._incoming_eof:
                 self._schedule()
             return
@@ -357,10 +427,12 @@ class FakeSMTPServer:
         """The protocol instance of every connection, in order."""
         self._pending_tls: list[asyncio.Future[Any]] = []
         self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> Self:
         """Start (nothing to bind: this only checks that the server class can be built)."""
         self._make_protocol()
+        self._loop = asyncio.get_running_loop()
         self._running = True
         return self
 
@@ -392,6 +464,10 @@ class FakeSMTPServer:
         for client in self.clients:
             if not client.transport.is_closing():
                 client.transport.abort()
+        for protocol in self.connections:
+            transport = protocol.transport
+            if transport is not None and not transport.is_closing():
+                transport.abort()  # type: ignore[attr-defined]
         tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
@@ -424,8 +500,56 @@ class FakeSMTPServer:
 
     # --- connections ----------------------------------------------------------------------------
 
-    def _make_protocol(self) -> SMTP:
-        return self.server_class(self.recorder, **self.smtp_kwargs)
+    def _make_protocol(self, **overrides: Any) -> SMTP:
+        return self.server_class(self.recorder, **{**self.smtp_kwargs, **overrides})
+
+    def intercept(
+        self,
+        host: str,
+        port: int,
+        *more: tuple[str, int],
+        implicit_tls: bool | None = None,
+        strict: bool = False,
+        tls: bool = True,
+    ) -> Interception:
+        """Make the application's own clients reach this server: a context manager.
+
+        Inside ``with server.intercept("smtp.example.com", 587):``, :mod:`smtplib` (``SMTP``,
+        ``SMTP_SSL``, ``starttls()``) and asyncio clients such as aiosmtplib connecting to that
+        host and port talk to this server through memory: no socket is opened. More
+        ``(host, port)`` pairs may follow. ``implicit_tls`` (default: for port 465) makes the
+        targets speak TLS from the first byte; ``strict`` refuses connections to any other
+        address; ``tls=False`` offers no TLS. See :class:`~typed_smtpd.testing.Interception`
+        for the certificates and the limits.
+
+        Asyncio clients run in this server's loop; a blocking client (smtplib) must run in
+        another thread: ``await asyncio.to_thread(app.send_welcome)``.
+        """
+        return Interception(self, _targets(host, port, more, implicit_tls), strict=strict, tls=tls)
+
+    def intercept_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this server runs in (for :class:`Interception`)."""
+        if self._loop is None or not self._running:
+            raise RuntimeError("use 'async with FakeSMTPServer(...)' before intercepting")
+        return self._loop
+
+    def intercept_protocol(self, tls_context: ssl.SSLContext | None) -> SMTP:
+        """A protocol for one intercepted connection (for :class:`Interception`)."""
+        overrides: dict[str, Any] = {}
+        if tls_context is not None and self.smtp_kwargs.get("tls_context") is None:
+            overrides["tls_context"] = tls_context
+        protocol = self._make_protocol(**overrides)
+        protocol.connection_tracker = self.tracker
+        self.connections.append(protocol)
+        return protocol
+
+    def intercept_tls_context(self) -> ssl.SSLContext | None:
+        """The server's context for implicit TLS (for :class:`Interception`)."""
+        return self.implicit_tls_context
+
+    def intercept_has_tls(self) -> bool:
+        """Whether the server has a STARTTLS context (for :class:`Interception`)."""
+        return self.smtp_kwargs.get("tls_context") is not None
 
     def _new_connection(self, peer: object) -> tuple[SMTP, MemoryTransport, FakeClient]:
         if not self._running:
@@ -595,6 +719,50 @@ class SocketpairSMTPServer:
         """Forget the recorded messages."""
         self.recorder.clear()
 
+    def intercept(
+        self,
+        host: str,
+        port: int,
+        *more: tuple[str, int],
+        implicit_tls: bool | None = None,
+        strict: bool = False,
+        tls: bool = True,
+    ) -> Interception:
+        """Make the application's own clients reach this server: a context manager.
+
+        As :meth:`FakeSMTPServer.intercept`, with the server in its own thread: blocking clients
+        (smtplib, Django's SMTP backend) and asyncio clients (aiosmtplib, in any event loop)
+        both work, from any thread::
+
+            with SocketpairSMTPServer() as server, server.intercept("smtp.example.com", 587):
+                app.send_welcome("anne@example.com")
+            [message] = server.messages
+        """
+        return Interception(self, _targets(host, port, more, implicit_tls), strict=strict, tls=tls)
+
+    def intercept_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop of the server's thread (for :class:`Interception`)."""
+        if self.loop is None:
+            raise RuntimeError("use 'with SocketpairSMTPServer(...)' before intercepting")
+        return self.loop
+
+    def intercept_protocol(self, tls_context: ssl.SSLContext | None) -> SMTP:
+        """A protocol for one intercepted connection (for :class:`Interception`)."""
+        kwargs = dict(self.smtp_kwargs)
+        if tls_context is not None and kwargs.get("tls_context") is None:
+            kwargs["tls_context"] = tls_context
+        protocol = self.server_class(self.recorder, **kwargs)
+        protocol.connection_tracker = self._tracker
+        return protocol
+
+    def intercept_tls_context(self) -> ssl.SSLContext | None:
+        """``None``: this server has no context for implicit TLS of its own."""
+        return None
+
+    def intercept_has_tls(self) -> bool:
+        """Whether the server has a STARTTLS context (for :class:`Interception`)."""
+        return self.smtp_kwargs.get("tls_context") is not None
+
     def wait_for_messages(
         self, count: int = 1, timeout: float | None = None
     ) -> list[ReceivedMessage]:
@@ -635,3 +803,12 @@ class SocketpairSMTPServer:
             raise smtplib.SMTPConnectError(code, message)
         client._host = "localhost"  # type: ignore[attr-defined]
         return client
+
+
+def _targets(
+    host: str, port: int, more: tuple[tuple[str, int], ...], implicit_tls: bool | None
+) -> list[Target]:
+    return [
+        Target(name, number, number == IMPLICIT_TLS_PORT if implicit_tls is None else implicit_tls)
+        for name, number in ((host, port), *more)
+    ]

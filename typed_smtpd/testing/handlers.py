@@ -8,14 +8,17 @@ What lives here:
   records each message the handler answered 2xx (or accepts and records on its own);
 * :class:`FaultInjector`, deterministic fault injection: :class:`Rule` = :class:`Stage` x an
   action (:class:`Respond`, :class:`Disconnect`, :class:`Drop`, :class:`Delay`,
-  :class:`Throttle`, :class:`AcceptAndDrop`, :class:`Greylist`) x a selector (:class:`Always`,
+  :class:`Throttle`, :class:`DropAfter`, :class:`AcceptAndDrop`, :class:`Greylist`) x a selector
+  (:class:`Always`,
   :class:`Nth`, :class:`Probability`), with a compact text syntax (:func:`parse_rule`) for the
   command line: ``typed-smtpd -c typed_smtpd.testing.FaultInjector 'rcpt~*@bad.test=550 No'``.
 
 Stages the handler hooks cannot reach (the connection itself, the greeting, STARTTLS, AUTH, the
 DATA command and BDAT chunks) are served by a subclass of the server class,
-:meth:`FaultInjector.server_class_for`; :class:`~typed_smtpd.testing.fake.FakeSMTPServer` and the
-pytest fixtures use it on their own.
+:meth:`FaultInjector.server_class_for`; the fakes, the interception, the pytest fixtures and the
+command line use it on their own. An injector with such rules that finds itself served by a plain
+server class refuses the first command it sees with a ``421`` naming the missing piece, and logs
+why, instead of letting a test pass that injected nothing.
 
 What must not live here: sockets, threads of our own, imports of hypothesis or pytest.
 """
@@ -23,6 +26,7 @@ What must not live here: sockets, threads of our own, imports of hypothesis or p
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.policy
 import fnmatch
 import functools
@@ -44,6 +48,7 @@ from typed_smtpd.hooks import HOOK_NAMES
 from typed_smtpd.proto import replies as R
 from typed_smtpd.session import Envelope, PeerType, Session
 from typed_smtpd.smtp import SMTP
+from typed_smtpd.stream import MessageStream
 
 if TYPE_CHECKING:
     import argparse
@@ -53,12 +58,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DROPPED_ATTRIBUTE",
     "HOOK_STAGES",
+    "MISCONFIGURED_FAULTS",
     "AcceptAndDrop",
     "Action",
     "Always",
     "Delay",
     "Disconnect",
     "Drop",
+    "DropAfter",
     "FaultEvent",
     "FaultInjector",
     "FaultSMTP",
@@ -159,6 +166,12 @@ def _hooky(name: str) -> bool:
     return name.startswith(("handle_", "auth_"))
 
 
+# A hook that takes the message in place of ``handle_DATA``: a wrapper that sees (and records, or
+# injects faults into) every message through ``handle_DATA`` does not expose it when the wrapped
+# handler also has ``handle_DATA``.
+_DATA_ALTERNATIVES: Final = ("handle_DATA_stream",)
+
+
 def _forward_hooks(target: object, wrapped: object, skip: Iterable[str]) -> None:
     """Give ``target`` every ``handle_*``/``auth_*`` attribute of ``wrapped`` not in ``skip``.
 
@@ -166,6 +179,8 @@ def _forward_hooks(target: object, wrapped: object, skip: Iterable[str]) -> None
     about) exactly the shapes and names the wrapped handler has.
     """
     skipped = set(skip)
+    if getattr(wrapped, "handle_DATA", None) is not None:
+        skipped.update(_DATA_ALTERNATIVES)
     for name in dir(wrapped):
         if not _hooky(name) or name in skipped:
             continue
@@ -174,6 +189,21 @@ def _forward_hooks(target: object, wrapped: object, skip: Iterable[str]) -> None
         except AttributeError:
             continue
         setattr(target, name, value)
+
+
+class _RecordedStream(MessageStream):
+    """A message stream that keeps what it hands on, for the record."""
+
+    __slots__ = ("received",)
+
+    def __init__(self, stream: MessageStream) -> None:
+        super().__init__(stream._server, stream._content)
+        self.received = bytearray()
+
+    async def __anext__(self) -> bytes:
+        piece = await super().__anext__()
+        self.received += piece
+        return piece
 
 
 def _default_reply(server: SMTP, reply: R.Reply) -> str:
@@ -217,6 +247,30 @@ class RecordingHandler:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         if handler is not None:
             _forward_hooks(self, handler, skip=("handle_DATA", "handle_DATA_recipient"))
+        streaming = self.__dict__.get("handle_DATA_stream")
+        if streaming is not None:
+            self.handle_DATA_stream = self._recording(streaming)
+
+    def _recording(
+        self, hook: Callable[..., Awaitable[object]]
+    ) -> Callable[..., Awaitable[object]]:
+        """The wrapped ``handle_DATA_stream``, with what it reads kept, and recorded when the
+        message is read to its end and accepted (2xx; under LMTP, for some recipient)."""
+
+        async def handle_DATA_stream(
+            server: SMTP, session: Session, envelope: Envelope, stream: MessageStream
+        ) -> object:
+            recorded = _RecordedStream(stream)
+            status = await hook(server, session, envelope, recorded)
+            statuses = status if isinstance(status, list) else [status]
+            accepted = any(isinstance(line, str) and line[:1] == "2" for line in statuses)
+            if accepted and recorded.done and recorded.error is None:
+                received = copy.copy(envelope)
+                received.original_content = bytes(recorded.received)
+                self.record(ReceivedMessage.from_envelope(session, received))
+            return status
+
+        return handle_DATA_stream
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not found normally: the wrapped handler's own state.
@@ -420,6 +474,18 @@ class Drop:
 
 
 @dataclass(frozen=True, slots=True)
+class DropAfter:
+    """Let the upload start, then close the connection without a reply once ``octets`` octets of
+    message content arrived (DATA's content, or BDAT chunks from the command that fired on)."""
+
+    octets: int
+
+    def __post_init__(self) -> None:
+        if self.octets < 0:
+            raise ValueError(f"drop-after counts octets >= 0, not {self.octets}")
+
+
+@dataclass(frozen=True, slots=True)
 class Delay:
     """Wait this many seconds, then go on (with the next matching rule, or normally)."""
 
@@ -463,7 +529,7 @@ class Greylist:
 
 
 #: What a rule does.
-Action = Respond | Disconnect | Drop | Delay | Throttle | AcceptAndDrop | Greylist
+Action = Respond | Disconnect | Drop | DropAfter | Delay | Throttle | AcceptAndDrop | Greylist
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +563,9 @@ class Probability:
 Selector = Always | Nth | Probability
 
 _STAGES_FOR_ACCEPT: Final = frozenset({Stage.MAIL, Stage.RCPT, Stage.END_OF_DATA})
+_STAGES_FOR_DROP_AFTER: Final = frozenset({Stage.DATA, Stage.BDAT})
+# Actions that change how the connection goes on and let the following rules be tried too.
+_MODIFIERS: Final = (Delay, Throttle, DropAfter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +583,8 @@ class Rule:
             raise ValueError("an address pattern applies to the mail and rcpt stages only")
         if isinstance(self.action, AcceptAndDrop) and self.stage not in _STAGES_FOR_ACCEPT:
             raise ValueError("accept-drop applies to the mail, rcpt and eod stages only")
+        if isinstance(self.action, DropAfter) and self.stage not in _STAGES_FOR_DROP_AFTER:
+            raise ValueError("drop-after applies to the data and bdat stages only")
         if self.stage is Stage.CONNECT and isinstance(self.action, Greylist):
             raise ValueError("greylisting needs a command to answer: not at connect")
 
@@ -547,6 +618,8 @@ RULE is STAGE[~PATTERN][/WHEN]=ACTION:
   ACTION   CODE [TEXT]      reply (421 also closes): 550 5.1.1 No such user
            disconnect       421 and close
            drop             close without a reply
+           drop-after:OCTETS  close without a reply once OCTETS octets of the message
+                            arrived (data, bdat)
            delay:SECONDS    wait, then go on
            throttle:BYTES   send replies at BYTES per second from then on
            accept-drop      answer 250, never deliver (mail, rcpt, eod)
@@ -586,6 +659,8 @@ def _parse_action(text: str) -> Action:
     try:
         if keyword == "drop":
             return Drop()
+        if keyword == "drop-after":
+            return DropAfter(int(rest))
         if keyword == "disconnect":
             return Disconnect(text=rest) if rest else Disconnect()
         if keyword == "delay":
@@ -614,6 +689,8 @@ when=Always(), pattern='*@blocked.test')
     Nth(n=3)
     >>> parse_rule("mail/25%=451").when
     Probability(p=0.25)
+    >>> parse_rule("data=drop-after:1000").action
+    DropAfter(octets=1000)
 
     Raises :class:`ValueError` naming what is wrong.
     """
@@ -750,9 +827,12 @@ class FaultInjector:
     per injector, so a run is reproducible. :attr:`events` lists what was injected.
 
     Every hook of the wrapped handler is forwarded. The connect, greeting, STARTTLS, AUTH,
-    DATA-command and BDAT stages need the server class from :meth:`server_class_for`
-    (:class:`~typed_smtpd.testing.fake.FakeSMTPServer` and the pytest fixtures use it by
-    themselves); the other stages work through handler hooks with any server.
+    DATA-command and BDAT stages need the server class from :meth:`server_class_for` (the fakes,
+    the interception, the pytest fixtures and the command line use it by themselves); the other
+    stages work through handler hooks with any server. With rules for those stages
+    (:attr:`needs_server_class`), an injector served by a plain server class answers the first
+    hook it gets ``421`` and closes, naming the missing server class, and logs why: a test that
+    relies on such a rule fails instead of passing without a fault.
     """
 
     def __init__(
@@ -770,6 +850,8 @@ class FaultInjector:
         self._random = random.Random(seed)
         self._counts: dict[int, int] = {}
         self._greylist: dict[tuple[int, str | None], int] = {}
+        self.needs_server_class: bool = any(rule.stage not in HOOK_STAGES for rule in self.rules)
+        """Whether a rule's stage is one that only :meth:`server_class_for` serves."""
         if handler is not None:
             _forward_hooks(self, handler, skip=_INJECTOR_HOOKS)
 
@@ -794,7 +876,8 @@ class FaultInjector:
         * PATTERN: a shell glob on the address, for ``mail`` and ``rcpt``: ``rcpt~*@gone.test``;
         * WHEN: ``N`` (the N-th time only), ``P%`` or ``0.P`` (a probability), ``always``;
         * ACTION: ``CODE [TEXT]`` (a reply; 421 also closes), ``disconnect[:TEXT]``, ``drop``,
-          ``delay:SECONDS``, ``throttle:BYTES_PER_SECOND``, ``accept-drop``, ``greylist[:N]``.
+          ``drop-after:OCTETS``, ``delay:SECONDS``, ``throttle:BYTES_PER_SECOND``,
+          ``accept-drop``, ``greylist[:N]``.
 
         Every message that gets through is accepted and dropped, as a sink does. The command
         line serves plain SMTP, so rules for the connect, greeting, starttls, auth, data and
@@ -853,7 +936,7 @@ class FaultInjector:
                     continue
             self.events.append(FaultEvent(stage, address, action, peer))
             actions.append(action)
-            if not isinstance(action, Delay | Throttle):
+            if not isinstance(action, _MODIFIERS):
                 break
         return actions
 
@@ -864,6 +947,8 @@ class FaultInjector:
         positively without the handler, or the reply line to send (after a close, it is never
         sent: the connection is gone).
         """
+        if self.needs_server_class and not isinstance(server, FaultSMTP):
+            return _refuse_misconfigured(self, server)
         peer = server.session.peer if server.session is not None else None
         for action in self.plan(stage, address, peer):
             match action:
@@ -872,6 +957,9 @@ class FaultInjector:
                     await asyncio.sleep(seconds)
                 case Throttle(bytes_per_second=rate):
                     _throttle(server, rate)
+                case DropAfter(octets=octets):
+                    assert isinstance(server, FaultSMTP)  # the data and bdat stages only
+                    server.drop_after(octets)
                 case Respond() if action.code == 421:
                     return _reply_and_close(server, action.line)
                 case Respond():
@@ -1015,6 +1103,25 @@ class FaultInjector:
 _INJECTOR_HOOKS: Final = frozenset(name for name in dir(FaultInjector) if name in HOOK_NAMES)
 
 
+#: The reply of an injector served by a server class without its stages (see
+#: :attr:`FaultInjector.needs_server_class`).
+MISCONFIGURED_FAULTS: Final = R.Reply(
+    421, "FaultInjector stages need FaultInjector.server_class_for()", "4.3.0"
+)
+
+
+def _refuse_misconfigured(injector: FaultInjector, server: SMTP) -> str:
+    stages = sorted({rule.stage.value for rule in injector.rules} - {s.value for s in HOOK_STAGES})
+    log.error(
+        "FaultInjector rules for the %s stage(s) need the server class from "
+        "FaultInjector.server_class_for() (or typed_smtpd.testing.server_class_for()); "
+        "%s does not serve them: refusing the connection",
+        ", ".join(stages),
+        type(server).__qualname__,
+    )
+    return _reply_and_close(server, MISCONFIGURED_FAULTS.line(enhanced=server.engine.enhanced))
+
+
 def _reply_and_close(server: SMTP, line: str) -> str:
     """Send ``line`` now, then close: nothing the client pipelined afterwards is answered."""
     server.engine.send_line(line.encode("utf-8", "replace") + b"\r\n")
@@ -1064,6 +1171,31 @@ class FaultSMTP(SMTP):
         self._start_handle: asyncio.TimerHandle | None = None
         #: Set when a connect or greeting fault answered (or dropped) the client instead.
         self.refused_at_connect: bool = False
+        self._drop_after: int | None = None
+
+    def drop_after(self, octets: int) -> None:
+        """Close the connection, without a reply, once ``octets`` more octets arrived (counting
+        those already received and not yet read by the engine)."""
+        buffered = self._engine.buffered if self._engine is not None else 0
+        self._drop_after = octets - buffered
+        if self._drop_after <= 0:
+            self._drop_after = None
+            self.abort()
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Count the octets a :class:`DropAfter` waits for; drop the connection at its mark."""
+        remaining = self._drop_after
+        if remaining is not None:
+            if len(data) >= remaining:
+                self._drop_after = None
+                log.info("%r FaultInjector: dropped in the middle of the upload", self._peer())
+                self.abort()
+                return
+            self._drop_after = remaining - len(data)
+        super().data_received(data)
+
+    def _peer(self) -> PeerType:
+        return self.session.peer if self.session is not None else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Apply the connect and greeting stages, then start the session."""
@@ -1094,7 +1226,7 @@ class FaultSMTP(SMTP):
                         cast(asyncio.Transport, transport).write(line.encode("utf-8") + b"\r\n")
                         transport.close()
                         return
-                    case AcceptAndDrop():  # refused by Rule for these stages
+                    case AcceptAndDrop() | DropAfter():  # refused by Rule for these stages
                         pass
                     case _:
                         assert_never(action)

@@ -31,7 +31,14 @@ from typing_extensions import Self
 from typed_smtpd.session import AuthResult, Envelope, LoginPassword, Session
 from typed_smtpd.smtp import SMTP
 from typed_smtpd.testing.client import DEFAULT_TIMEOUT, SocketClient
-from typed_smtpd.testing.handlers import ReceivedMessage, RecordingHandler, server_class_for
+from typed_smtpd.testing.handlers import (
+    FaultInjector,
+    ReceivedMessage,
+    RecordingHandler,
+    Rule,
+    parse_rule,
+    server_class_for,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -72,6 +79,12 @@ class ServerOptions:
     """Refuse mail before AUTH (``TYPED_SMTPD_AUTH_REQUIRED=1``)."""
     lmtp: bool = False
     """Speak LMTP (``TYPED_SMTPD_LMTP=1``)."""
+    faults: tuple[Rule, ...] = ()
+    """Fault rules (:class:`~typed_smtpd.testing.Rule`, or the compact syntax of
+    :func:`~typed_smtpd.testing.parse_rule`): the handler is served wrapped in a
+    :class:`~typed_smtpd.testing.FaultInjector` with them."""
+    fault_seed: int = 0
+    """The seed of the fault injector's random generator."""
     smtp_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Further keyword arguments for the server class."""
 
@@ -83,9 +96,18 @@ class ServerOptions:
             known["tls"] = _tls_mode(known["tls"])
         if "auth" in known:
             known["auth"] = _auth_pair(known["auth"])
+        if "faults" in known:
+            known["faults"] = _fault_rules(known["faults"])
         if extra:
             known["smtp_kwargs"] = {**self.smtp_kwargs, **known.get("smtp_kwargs", {}), **extra}
         return replace(self, **known)
+
+    def served_handler(self) -> object:
+        """The handler a server built from these options calls: :attr:`handler`, wrapped in a
+        new :class:`~typed_smtpd.testing.FaultInjector` when there are :attr:`faults`."""
+        if not self.faults:
+            return self.handler
+        return FaultInjector(self.faults, handler=self.handler, seed=self.fault_seed)
 
 
 _FIELDS: Final = frozenset(ServerOptions.__dataclass_fields__)
@@ -99,6 +121,24 @@ def _tls_mode(value: object) -> TLSMode:
     if text in ("starttls", "implicit"):
         return text  # type: ignore[return-value]
     raise ValueError(f"tls must be 'starttls', 'implicit' or 'none', not {value!r}")
+
+
+def _fault_rules(value: object) -> tuple[Rule, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | Rule):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"faults must be a list of rules, not {value!r}")
+    rules: list[Rule] = []
+    for item in value:
+        if isinstance(item, Rule):
+            rules.append(item)
+        elif isinstance(item, str):
+            rules.append(parse_rule(item))
+        else:
+            raise ValueError(f"a fault rule is a Rule or a string such as 'rcpt=550', not {item!r}")
+    return tuple(rules)
 
 
 def _auth_pair(value: object) -> tuple[str, str] | None:
@@ -222,7 +262,7 @@ class LocalSMTPServer:
         base = options if options is not None else ServerOptions()
         self.options: ServerOptions = base.merged(overrides) if overrides else base
         """The options in force."""
-        self.recorder: RecordingHandler = RecordingHandler(self.options.handler)
+        self.recorder: RecordingHandler = RecordingHandler(self.options.served_handler())
         """The recording handler the server calls."""
         self.certificates: TestCertificates | None = None
         """The certificates, when TLS is on."""
@@ -251,7 +291,7 @@ class LocalSMTPServer:
             kwargs["authenticator"] = _PasswordCheck(*options.auth)
             kwargs.setdefault("auth_require_tls", options.tls != "none")
             kwargs["auth_required"] = options.auth_required
-        server_class = server_class_for(options.handler, LMTP if options.lmtp else SMTP)
+        server_class = server_class_for(self.recorder, LMTP if options.lmtp else SMTP)
         recorder = self.recorder
 
         class _Controller(Controller):
