@@ -1,8 +1,9 @@
 """Development tasks for typed_smtpd: lint, type checks, tests on every Python, docs.
 
-``nox`` alone runs the default sessions (lint, typecheck, tests on 3.10 to 3.13, docs); that is
-also what CI runs. ``nox -s fuzz`` and ``nox -s bench`` run on demand. Every session builds a plain
-``venv`` with pip, so nothing beyond the Python interpreters themselves has to be installed first.
+``nox`` alone runs the default sessions (lint, typecheck, tests on 3.10 to 3.13, docs, and
+deployment: HAProxy and servers losing a process under load); that is also what CI runs.
+``nox -s fuzz`` and ``nox -s bench`` run on demand. Every session builds a plain ``venv`` with
+pip, so nothing beyond the Python interpreters themselves has to be installed first.
 
 Only task wiring lives here; test settings are in ``pyproject.toml`` and ``tests/conftest.py``.
 """
@@ -21,7 +22,7 @@ import nox
 
 nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs", "deployment"]
 if os.environ.get("CI"):
     # A Python version missing on a CI machine is a broken machine, not a reason to skip.
     nox.options.error_on_missing_interpreters = True
@@ -119,6 +120,8 @@ def typecheck(session: nox.Session) -> None:
         session.run("mypy", "--strict", *session.posargs)
     else:
         session.run("mypy", "--strict", "typed_smtpd", *session.posargs)
+    # The type tests that run mypy and pyright on handlers with mistakes (tests/typing/test_*.py).
+    session.run("pytest", "tests/typing", "-q", "-p", "no:cacheprovider")
 
     # pyright exits 1 both for an incomplete API and for errors: read its report to say which, and
     # to list every exported symbol whose type is unknown or ambiguous.
@@ -203,3 +206,16 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks against aiosmtpd (see bench/run.py for its options)."""
     session.install(".[speed]", "aiosmtpd", "aiosmtplib")  # uvloop too, for --uvloop
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PRIMARY_PYTHON)
+def deployment(session: nox.Session) -> None:
+    """HAProxy before three command-line servers, and --workers 3, each losing a process under load.
+
+    Needs haproxy; builds network namespaces when root with iproute2's ``ip``, uses 127.0.0.x
+    loopback addresses otherwise (see tests/deployment/network.py).
+    """
+    session.install("-e", ".")
+    session.install(*TEST_DEPS)
+    env = {"TYPED_SMTPD_DEPLOYMENT": "1"}
+    session.run("pytest", "tests/deployment", *session.posargs, env=env)
