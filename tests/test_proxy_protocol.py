@@ -445,16 +445,18 @@ def test_v2_inet(command: V2_CMD, protocol: PROTO, tail: bytes) -> None:
     payload = src.packed + dst.packed + struct.pack("!HH", 0, 65535) + tail
     header = v2_raw(cmd=command, fam=AF.INET, proto=protocol, payload=payload)
     result = parsed(header + b"EHLO x\r\n")
+    # LOCAL: the receiver discards the address block and keeps the connection's endpoints.
+    local = command is V2_CMD.LOCAL
     assert result.same_attribs(
         valid=True,
         version=2,
         command=command,
         family=AF.INET,
         protocol=protocol,
-        src_addr=src,
-        dst_addr=dst,
-        src_port=0,
-        dst_port=65535,
+        src_addr=None if local else src,
+        dst_addr=None if local else dst,
+        src_port=None if local else 0,
+        dst_port=None if local else 65535,
         rest=tail,
         tlv_start=28 if tail else None,
         whole_raw=header,
@@ -1254,7 +1256,9 @@ def test_v2_round_trip(
     assert result.command is kwargs["command"]
     assert result.protocol is kwargs["protocol"]
     src = kwargs.get("src_addr")
-    if isinstance(src, bytes):
+    if kwargs["command"] is V2_CMD.LOCAL and src is not None:  # its addresses are discarded
+        assert result.src_addr is result.dst_addr is result.src_port is result.dst_port is None
+    elif isinstance(src, bytes):
         assert result.family is AF.UNIX
         assert result.src_addr == src.ljust(108, b"\x00")
         assert result.dst_addr == kwargs["dst_addr"].ljust(108, b"\x00")  # type: ignore[attr-defined]

@@ -106,7 +106,11 @@ _MessageT = TypeVar(
 
 
 def _peer_host(session: Session) -> str:
-    """The peer's IP address, the Unix socket peer name, or ``"unknown"``."""
+    """The client's IP address (behind a PROXY protocol proxy, the one the proxy speaks for),
+    the Unix socket peer name, or ``"unknown"``."""
+    proxied = session.proxy_data.src_addr if session.proxy_data is not None else None
+    if proxied is not None and not isinstance(proxied, bytes):
+        return str(proxied)
     peer = session.peer
     if isinstance(peer, tuple) and peer:
         return str(peer[0])

@@ -356,8 +356,11 @@ WHEN_ABSENT = {
     "extensions, 250 HELP).",
     "handle_MAIL": "Records the sender and its parameters in the envelope; 250 2.1.0 OK.",
     "handle_RCPT": "Appends the recipient and its parameters to the envelope; 250 2.1.5 OK.",
-    "handle_DATA": "Accepts and discards the message: 250 2.0.0 OK (a legacy process_message "
-    "method is called instead, with a DeprecationWarning).",
+    "handle_DATA": "Accepts and discards the message, checked as it arrives and never held "
+    "whole: 250 2.0.0 OK (a legacy process_message method is called instead, with a "
+    "DeprecationWarning).",
+    "handle_DATA_stream": "The message is delivered whole to handle_DATA, if there is one; "
+    "when the handler defines both, the more derived class's hook is called.",
     "handle_DATA_recipient": "LMTP: every recipient gets handle_DATA's reply; without "
     "handle_DATA either, each gets 250 2.1.5 <recipient> OK.",
     "handle_RSET": "Clears the transaction; 250 2.0.0 OK.",

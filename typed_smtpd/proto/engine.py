@@ -1905,6 +1905,9 @@ class ServerEngine(Generic[S, E]):
             return
         self._receiver.consume(len(result.whole_raw))
         self.session.proxy_data = result
+        if result.src_addr is not None and not isinstance(result.src_addr, bytes):
+            # Log lines name the client the proxy speaks for, not the proxy.
+            self.peer = (str(result.src_addr), result.src_port)
         if "handle_PROXY" in self.config.hooks:
             verdict = yield CallHook("handle_PROXY", (result,))
             if not verdict:

@@ -758,15 +758,18 @@ def _parse_v2(
             src_addr, dst_addr = block[:_UNIX_PATH_LENGTH], block[_UNIX_PATH_LENGTH:]
             src_port = dst_port = None
         tlv_offset = V2_HEADER_LENGTH + addr_len
+        # LOCAL (a health check of the proxy itself) carries no addresses: the receiver must
+        # discard its address block and use the connection's own endpoints (PROXY protocol 2.2).
+        local = command is V2_CMD.LOCAL
         result = ProxyData(
             version=2,
             command=command,
             family=family,
             protocol=protocol,
-            src_addr=src_addr,
-            dst_addr=dst_addr,
-            src_port=src_port,
-            dst_port=dst_port,
+            src_addr=None if local else src_addr,
+            dst_addr=None if local else dst_addr,
+            src_port=None if local else src_port,
+            dst_port=None if local else dst_port,
             rest=whole_raw[tlv_offset:],
             whole_raw=whole_raw,
             tlv_start=tlv_offset if total > tlv_offset else None,
