@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from typed_smtpd.controller import Controller
 from typed_smtpd.session import Envelope, Session
 from typed_smtpd.smtp import SMTP
+from typed_smtpd.stream import MessageStream
 
 TIMEOUT = 10.0
 
@@ -26,6 +28,23 @@ class Recorder:
         self.envelopes.append(envelope)
         self.sessions.append(session)
         return "250 OK"
+
+
+class StreamRecorder(Recorder):
+    """A :class:`Recorder` that takes each message through ``handle_DATA_stream``: what it keeps
+    is the envelope with the streamed content joined into ``content`` and ``original_content``."""
+
+    async def handle_DATA_stream(
+        self, server: SMTP, session: Session, envelope: Envelope, stream: MessageStream
+    ) -> str:
+        content = await stream.read()
+        received = copy.copy(envelope)
+        received.content = received.original_content = content
+        return await self.handle_DATA(server, session, received)
+
+
+#: The two ways a handler can take a message, for tests that must hold for both.
+RECORDERS: Final = {"buffered": Recorder, "streamed": StreamRecorder}
 
 
 class RawClient:

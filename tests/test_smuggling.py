@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import Recorder, connected, running
+from tests.support import RECORDERS, Recorder, connected, running
 from typed_smtpd.testing.strategies import SMUGGLING_SEQUENCES
 
 pytestmark = pytest.mark.integration
@@ -16,14 +16,19 @@ SMUGGLED = (
 )
 
 
+@pytest.fixture(params=sorted(RECORDERS))
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    """Each case with a handler that takes the whole message, and one that streams it."""
+    return RECORDERS[request.param]()
+
+
 def payload(sequence: bytes) -> bytes:
     return b"Subject: 1\r\n\r\nfirst" + sequence + SMUGGLED
 
 
 @pytest.mark.parametrize("policy", ["reject", "normalize", "accept"])
 @pytest.mark.parametrize("sequence", SMUGGLING_SEQUENCES, ids=repr)
-def test_data_smuggling(sequence: bytes, policy: str) -> None:
-    recorder = Recorder()
+def test_data_smuggling(sequence: bytes, policy: str, recorder: Recorder) -> None:
     with running(recorder, bare_newline=policy) as server, connected(server) as c:
         c.send(b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
         assert [code for code, _ in c.replies(4)] == [250, 250, 250, 354]
@@ -43,8 +48,7 @@ def test_data_smuggling(sequence: bytes, policy: str) -> None:
 
 
 @pytest.mark.parametrize("sequence", SMUGGLING_SEQUENCES, ids=repr)
-def test_bdat_content_is_never_a_terminator(sequence: bytes) -> None:
-    recorder = Recorder()
+def test_bdat_content_is_never_a_terminator(sequence: bytes, recorder: Recorder) -> None:
     chunk = payload(sequence) + b"\r\n.\r\n"
     with running(recorder, bare_newline="accept") as server, connected(server) as c:
         c.send(
@@ -58,10 +62,9 @@ def test_bdat_content_is_never_a_terminator(sequence: bytes) -> None:
     assert envelope.content == chunk
 
 
-def test_pipelined_second_message_after_real_end_is_a_real_message() -> None:
+def test_pipelined_second_message_after_real_end_is_a_real_message(recorder: Recorder) -> None:
     """The hannob/smtpsmug pipelining check: after a true CRLF.CRLF the next transaction is
     answered in order, and both messages keep their own envelopes."""
-    recorder = Recorder()
     with running(recorder) as server, connected(server) as c:
         c.send(
             b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
@@ -75,8 +78,7 @@ def test_pipelined_second_message_after_real_end_is_a_real_message() -> None:
     ]
 
 
-def test_dot_edge_cases() -> None:
-    recorder = Recorder()
+def test_dot_edge_cases(recorder: Recorder) -> None:
     with running(recorder) as server, connected(server) as c:
         c.cmd("EHLO client.test")
         for body in (b"..\r\n", b".\r\n"):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support import RawClient, Recorder, connected, running
+from tests.support import RECORDERS, RawClient, Recorder, connected, running
 from tests.tls_support import MemoryTLS, nothing_arrives, start_tls
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.data import has_bare_newline_or_nul
@@ -40,6 +40,12 @@ SMUGGLED = (
 )
 SENDER, RECIPIENT = "sender@example.test", "rcpt@example.test"
 ENVELOPE = f"EHLO client.example.test\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n"
+
+
+@pytest.fixture(params=sorted(RECORDERS))
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    """Each case with a handler that takes the whole message, and one that streams it."""
+    return RECORDERS[request.param]()
 
 
 def ids(sequence: bytes) -> str:
@@ -91,8 +97,7 @@ def send_trickled(client: RawClient, data: bytes, around: int, width: int) -> No
 @pytest.mark.parametrize("where", ["in the middle", "as the first line", "trickled"])
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("sequence", SMUGGLING_SEQUENCES, ids=ids)
-def test_data(sequence: bytes, policy: str, where: str) -> None:
-    recorder = Recorder()
+def test_data(sequence: bytes, policy: str, where: str, recorder: Recorder) -> None:
     if where == "as the first line":
         # Right after the 354: the CRLF that ended "DATA" stands in for a leading CRLF, so the
         # first line is ".\n", ".\r", ".\x00\r\n" ...; a sequence with a bare newline in front
@@ -124,8 +129,7 @@ def test_data(sequence: bytes, policy: str, where: str) -> None:
 @pytest.mark.parametrize("body", ["7BIT", "BINARYMIME"])
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("sequence", SMUGGLING_SEQUENCES, ids=ids)
-def test_bdat(sequence: bytes, policy: str, body: str, chunks: str) -> None:
-    recorder = Recorder()
+def test_bdat(sequence: bytes, policy: str, body: str, chunks: str, recorder: Recorder) -> None:
     # A chunk is counted, never scanned: even a real CRLF.CRLF inside it is content.
     content = b"Subject: one\r\n\r\nfirst" + sequence + SMUGGLED + b".\r\n"
     binary = body == "BINARYMIME"
@@ -163,8 +167,7 @@ COMMAND_TRICKS = {
 
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("trick", list(COMMAND_TRICKS.values()), ids=list(COMMAND_TRICKS))
-def test_a_command_never_hides_a_second_one(trick: bytes, policy: str) -> None:
-    recorder = Recorder()
+def test_a_command_never_hides_a_second_one(trick: bytes, policy: str, recorder: Recorder) -> None:
     with running(recorder, bare_newline=policy) as server, connected(server) as client:
         assert client.cmd("EHLO client.example.test")[0] == 250
         client.send(trick)
@@ -176,8 +179,7 @@ def test_a_command_never_hides_a_second_one(trick: bytes, policy: str) -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_bare_lf_command_terminators(policy: str) -> None:
-    recorder = Recorder()
+def test_bare_lf_command_terminators(policy: str, recorder: Recorder) -> None:
     with running(recorder, bare_newline=policy) as server, connected(server) as client:
         assert client.cmd("EHLO client.example.test")[0] == 250
         client.send(b"MAIL FROM:<a@example.test>\nRCPT TO:<b@example.test>\r\n")
@@ -207,9 +209,8 @@ def tls(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> TLSPa
 
 
 @pytest.fixture
-def tls_recorder(tls: TLSPair) -> Iterator[tuple[Recorder, RawClient]]:
+def tls_recorder(tls: TLSPair, recorder: Recorder) -> Iterator[tuple[Recorder, RawClient]]:
     """A recording STARTTLS server and a client connected to it."""
-    recorder = Recorder()
     with (
         running(recorder, tls_context=tls.server, timeout=2.0, grace_period=0.2) as server,
         connected(server) as client,
