@@ -180,8 +180,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PRIMARY_PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs with warnings as errors, run their doctests, check internal links."""
-    session.install("-e", ".")
-    session.install(*DOCS_DEPS, "hypothesis>=6.100", "trustme")  # trustme: TLS examples
+    # [testing]: the testing guide's examples run the fixtures, the fakes and the strategies.
+    session.install("-e", ".[testing]")
+    session.install(*DOCS_DEPS, "aiosmtplib")
     build = Path("docs", "_build")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(build / "html"), "-q"

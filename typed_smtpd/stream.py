@@ -19,9 +19,11 @@ holds a bounded amount of the message whatever its size.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from typed_smtpd._connections import HIGH_WATER, READ_SIZE
+from typed_smtpd.proto.data import ContentFilter
 from typed_smtpd.proto.framing import NEED_DATA
 from typed_smtpd.proto.stream import (
     END,
@@ -66,11 +68,39 @@ class MessageStream:
     the hook returns.
     """
 
-    __slots__ = ("_content", "_server")
+    __slots__ = ("_content", "_given", "_given_error", "_observers", "_server")
 
     def __init__(self, server: SMTP, content: ContentStream) -> None:
-        self._server = server
+        self._server: SMTP | None = server
         self._content = content
+        self._given: Iterator[bytes] | None = None
+        self._given_error: StreamError | None = None
+        self._observers: list[Callable[[bytes], object]] = []
+
+    @classmethod
+    def of(cls, pieces: Iterable[bytes], *, error: StreamError | None = None) -> MessageStream:
+        """A stream that hands out ``pieces`` (empty ones left out) and then ends, or raises
+        ``error``: for testing a ``handle_DATA_stream`` hook without a server.
+
+        >>> import asyncio
+        >>> asyncio.run(MessageStream.of([b"Subject: x\\r\\n", b"\\r\\nbody\\r\\n"]).read())
+        b'Subject: x\\r\\n\\r\\nbody\\r\\n'
+        """
+        content = ContentStream(
+            ContentFilter(policy="accept", line_length_limit=None, unstuff=False), bdat=False
+        )
+        stream = cls.__new__(cls)
+        stream._server = None
+        stream._content = content
+        stream._given = (piece for piece in pieces if piece)
+        stream._given_error = error
+        stream._observers = []
+        return stream
+
+    def observe(self, callback: Callable[[bytes], object]) -> None:
+        """Call ``callback`` with each piece as it is handed out (a recording test double
+        keeps a copy of what the hook read this way)."""
+        self._observers.append(callback)
 
     @property
     def size(self) -> int:
@@ -91,7 +121,15 @@ class MessageStream:
         return self
 
     async def __anext__(self) -> bytes:
+        piece = await self._next()
+        for callback in self._observers:
+            callback(piece)
+        return piece
+
+    async def _next(self) -> bytes:
         server = self._server
+        if server is None:
+            return self._next_given()
         engine = server.engine
         while True:
             item = engine.stream_next()
@@ -103,6 +141,21 @@ class MessageStream:
                 await server.wait_for_input()
             else:  # a command between BDAT chunks that runs user code
                 await server.drive(item)
+
+    def _next_given(self) -> bytes:
+        content = self._content
+        if content.error is not None:
+            raise content.error
+        if self._given is not None:
+            for piece in self._given:
+                content.size += len(piece)
+                return piece
+            self._given = None
+        content.done = True
+        if self._given_error is not None:
+            content.fail(self._given_error)
+            raise self._given_error
+        raise StopAsyncIteration
 
     async def read(self) -> bytes:
         """The rest of the content, joined (it is held in memory whole: for small messages)."""

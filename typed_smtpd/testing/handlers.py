@@ -191,21 +191,6 @@ def _forward_hooks(target: object, wrapped: object, skip: Iterable[str]) -> None
         setattr(target, name, value)
 
 
-class _RecordedStream(MessageStream):
-    """A message stream that keeps what it hands on, for the record."""
-
-    __slots__ = ("received",)
-
-    def __init__(self, stream: MessageStream) -> None:
-        super().__init__(stream._server, stream._content)
-        self.received = bytearray()
-
-    async def __anext__(self) -> bytes:
-        piece = await super().__anext__()
-        self.received += piece
-        return piece
-
-
 def _default_reply(server: SMTP, reply: R.Reply) -> str:
     # The engine sends enhanced codes to clients that greeted with EHLO (when enabled); a hook
     # answering in the engine's place does the same.
@@ -260,14 +245,15 @@ class RecordingHandler:
         async def handle_DATA_stream(
             server: SMTP, session: Session, envelope: Envelope, stream: MessageStream
         ) -> object:
-            recorded = _RecordedStream(stream)
-            status = await hook(server, session, envelope, recorded)
+            received = bytearray()
+            stream.observe(received.extend)
+            status = await hook(server, session, envelope, stream)
             statuses = status if isinstance(status, list) else [status]
             accepted = any(isinstance(line, str) and line[:1] == "2" for line in statuses)
-            if accepted and recorded.done and recorded.error is None:
-                received = copy.copy(envelope)
-                received.original_content = bytes(recorded.received)
-                self.record(ReceivedMessage.from_envelope(session, received))
+            if accepted and stream.done and stream.error is None:
+                whole = copy.copy(envelope)
+                whole.original_content = bytes(received)
+                self.record(ReceivedMessage.from_envelope(session, whole))
             return status
 
         return handle_DATA_stream
