@@ -35,6 +35,7 @@ from typed_smtpd.proto.engine import (
     ServerEngine,
     StreamMessage,
 )
+from typed_smtpd.proto.framing import STREAM_PIECE
 from typed_smtpd.proto.limits import BareNewlinePolicy, Limits
 from typed_smtpd.proto.replies import Reply
 from typed_smtpd.proto.stream import END
@@ -242,16 +243,22 @@ def test_stored_bytes_equal_sent_across_splits(body: bytes, cuts: list[int]) -> 
 
 
 def test_pieces_come_as_the_bytes_arrive() -> None:
-    engine = engine_for("handle_DATA_stream")
+    engine = engine_for("handle_DATA_stream", limits=Limits(line_length_limit=1 << 20))
     engine.start()
     engine.receive_data(HEAD + b"DATA\r\n")
     assert isinstance(engine.next_request(), StreamMessage)
     assert engine.stream_next() is NEED_DATA
     engine.receive_data(b"first line\r\n..second")
-    assert engine.stream_next() == b"first line\r\n.se"  # the last octets wait: ".CRLF"?
+    assert engine.stream_next() is NEED_DATA  # a piece is at least STREAM_PIECE octets
+    filler = b"x" * STREAM_PIECE
+    engine.receive_data(filler)
+    first = engine.stream_next()
+    assert isinstance(first, bytes) and first.startswith(b"first line\r\n.second")
+    assert len(first) == len(b"first line\r\n.second") + STREAM_PIECE - 4  # ".CRLF"?
     assert engine.stream_next() is NEED_DATA
     engine.receive_data(b"\r\n.\r\n")
-    assert engine.stream_next() == b"cond\r\n"
+    rest = engine.stream_next()
+    assert isinstance(rest, bytes) and first + rest == b"first line\r\n.second" + filler + b"\r\n"
     assert engine.stream_next() is END
     engine.resume("250 Stored")
     assert engine.next_request() is NEED_DATA
@@ -259,13 +266,13 @@ def test_pieces_come_as_the_bytes_arrive() -> None:
 
 
 def test_too_large_is_told_at_once_and_answered_552_at_the_end() -> None:
-    limits = Limits(data_size_limit=100)
+    limits = Limits(data_size_limit=100_000, line_length_limit=1 << 20)
     engine = engine_for("handle_DATA_stream", limits=limits)
     engine.start()
-    engine.receive_data(HEAD + b"DATA\r\n" + b"x" * 98 + b"\r\n")
+    engine.receive_data(HEAD + b"DATA\r\n" + b"x" * 98_000 + b"\r\n")
     assert isinstance(engine.next_request(), StreamMessage)
-    assert engine.stream_next() == b"x" * 96
-    engine.receive_data(b"y" * 1000)
+    assert engine.stream_next() == b"x" * 97_998  # CRLF and all but ".CRLF"-sized tail wait
+    engine.receive_data(b"y" * 100_000)
     with pytest.raises(MessageTooLarge) as raised:
         engine.stream_next()
     assert raised.value.reply is not None and raised.value.reply.code == 552

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
+from typed_smtpd.monitoring import ServerStats
+
 if TYPE_CHECKING:
     from typed_smtpd.smtp import SMTP
 
@@ -50,6 +52,8 @@ class ConnectionTracker:
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1 (or None for no cap)")
         self.max_connections: int | None = max_connections
+        #: The live counters of the server's connections.
+        self.stats: ServerStats = ServerStats()
         self._connections: set[SMTP] = set()
         self._empty: asyncio.Event | None = None
 

@@ -16,11 +16,12 @@ import socket
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from typed_smtpd._version import __version__
 from typed_smtpd.hooks import AuthHook, HookRegistry, mechanism_name
+from typed_smtpd.monitoring import ServerStats
 from typed_smtpd.proto.auth import AuthResult, LoginPassword
 from typed_smtpd.proto.engine import (
     Authenticate,
@@ -148,6 +149,8 @@ class ServerSettings:
     auth_callback: Callable[[str, bytes, bytes], bool] | None
     #: The ``smtp_VERB`` method of each verb of the server class.
     commands: Mapping[str, Callable[[SMTP, str | None], Awaitable[None]]]
+    #: Where connections without a :class:`~typed_smtpd.smtp.ConnectionTracker` count.
+    stats: ServerStats = field(default_factory=ServerStats, compare=False)
 
     async def run(self, server: SMTP, request: Request) -> object:
         """Run the user code ``request`` names, for the connection ``server``; its result."""

@@ -11,6 +11,7 @@ a connection whose class overrides nothing never calls them at all.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,8 +19,12 @@ from typed_smtpd._settings import CommandMethod, syntax
 from typed_smtpd.hooks import auth_mechanism
 
 if TYPE_CHECKING:
+    from typed_smtpd.proto.auth import _Missing
     from typed_smtpd.proto.engine import ServerEngine, Step
+    from typed_smtpd.proto.framing import Event
     from typed_smtpd.session import Envelope, Session
+
+log: logging.Logger = logging.getLogger("mail.log")
 
 __all__ = ["BuiltinCommands"]
 
@@ -48,6 +53,8 @@ class BuiltinCommands:
         def engine(self) -> ServerEngine[Session, Envelope]: ...
 
         async def drive(self, steps: Generator[Step, Any, object] | None) -> object: ...
+
+        async def _next_event(self) -> Event | None: ...
 
     #: HELO: greet without ESMTP.
     smtp_HELO: ClassVar[CommandMethod] = _builtin("HELO", "HELO hostname")
@@ -95,3 +102,23 @@ class BuiltinCommands:
         """The CRAM-MD5 mechanism (RFC 2195): the authenticator gets a
         :class:`~typed_smtpd.session.CramMD5Response` and checks a password with ``verify()``."""
         return await self.drive(self.engine.auth_cram_md5(args))
+
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> bytes | _Missing:
+        """Send a ``334`` challenge and return the client's decoded answer.
+
+        Returns :data:`MISSING` (after replying) when the client cancels with ``*``, sends bad
+        base64, or a line over 12,288 octets.
+        """
+        if isinstance(challenge, str):
+            challenge = challenge.encode("utf-8")
+        engine = self.engine
+        engine.start_challenge(challenge, encode=encode_to_b64)
+        event = await self._next_event()
+        if log_client_response and event is not None:
+            log.debug("%r AUTH response received", engine.peer)
+        return engine.challenge_answer(event)

@@ -42,6 +42,7 @@ from typed_smtpd._settings import (
 )
 from typed_smtpd.commands import BuiltinCommands
 from typed_smtpd.hooks import auth_mechanism
+from typed_smtpd.monitoring import ConnectionMonitor
 from typed_smtpd.proto import replies as R
 from typed_smtpd.proto.engine import (
     ALLOWED_BEFORE_STARTTLS,
@@ -71,7 +72,6 @@ from typed_smtpd.session import (
     LoginPassword,
     PeerType,
     Session,
-    _Missing,
 )
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         "_drain_waiter",
         "_engine",
         "_loop_given",
+        "_monitor",
         "_read_view",
         "_reading_paused",
         "_server",
@@ -294,7 +295,10 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         tls = transport.get_extra_info("sslcontext") is not None
-        engine = self._engine = ServerEngine(
+        tracker = self.connection_tracker
+        stats = tracker.stats if tracker is not None else self._server.stats
+        monitor = self._monitor = ConnectionMonitor(stats, loop.time)
+        engine = monitor.engine = self._engine = ServerEngine(
             self._server.config,
             new_session=self._create_session,
             new_envelope=self._create_envelope,
@@ -302,16 +306,18 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
             tls=tls,
             peer=peer,
             peer_host=peer[0] if isinstance(peer, tuple) and peer else None,
+            monitor=monitor,
         )
         engine.session.peer = peer
-        if tls:
-            engine.session.ssl = tls_info(transport)
-        tracker = self.connection_tracker
         if tracker is not None and not tracker._register(self):
-            log.warning("%r refused: too many connections", peer)
+            monitor.turned_away(peer)
             engine.refuse(R.TOO_MANY_CONNECTIONS)
             self.close()
             return
+        monitor.opened()
+        if tls:
+            engine.session.ssl = info = tls_info(transport)
+            monitor.tls(info)
         self._batch = write_batch()
         self._batch.live += 1
         engine.start()
@@ -339,6 +345,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         if engine is None or self._closed:
             return
         engine.receive_data(data)
+        self._monitor.stats.bytes_received += len(data)
         if self._waiter is not None:
             self._wake()
         elif self._task is None:
@@ -361,14 +368,13 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: free its slot and timer, and stop waiting for input."""
-        self._closed = True
+        vanished, self._closed = not self._closed, True
         if self._engine is not None:
             self._engine.close()
+            self._monitor.closed(vanished=vanished, error=exc)
         batch, self._batch = self._batch, None
         if batch is not None:
             batch.live -= 1
-        if exc is not None:
-            log.info("%r connection lost: %s", self.session and self.session.peer, exc)
         if self.connection_tracker is not None:
             self.connection_tracker._unregister(self)
         if self._timer is not None:
@@ -626,8 +632,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
             return
         if expired is Expiry.HOOK:
             log.error("%r a handler hook did not answer in %s s", engine.peer, self.limits.timeout)
-        else:
-            log.info("%r timed out", engine.peer)
+        self._monitor.timed_out("hook" if expired is Expiry.HOOK else "idle")
         self.close()
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -652,7 +657,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
             )
         except BaseException as error:  # CancelledError too: the timer may cut the handshake
             if not isinstance(error, asyncio.CancelledError):
-                log.info("%r TLS handshake failed: %s", self.engine.peer, error)
+                self._monitor.tls_failed(error)
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
             # asyncio does not report connection_lost for a handshake that never completed:
@@ -671,30 +676,9 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         session = self._create_session()
         session.peer = old.peer
         session.proxy_data = old.proxy_data
-        session.ssl = tls_info(new_transport)
+        session.ssl = info = tls_info(new_transport)
+        self._monitor.tls(info)
         return session
-
-    # --- AUTH -----------------------------------------------------------------------------------
-
-    async def challenge_auth(
-        self,
-        challenge: str | bytes,
-        encode_to_b64: bool = True,
-        log_client_response: bool = False,
-    ) -> bytes | _Missing:
-        """Send a ``334`` challenge and return the client's decoded answer.
-
-        Returns :data:`MISSING` (after replying) when the client cancels with ``*``, sends bad
-        base64, or a line over 12,288 octets.
-        """
-        if isinstance(challenge, str):
-            challenge = challenge.encode("utf-8")
-        engine = self.engine
-        engine.start_challenge(challenge, encode=encode_to_b64)
-        event = await self._next_event()
-        if log_client_response and event is not None:
-            log.debug("%r AUTH response received", engine.peer)
-        return engine.challenge_answer(event)
 
 
 SMTP._commands, SMTP._server_mechanisms = collect_commands(SMTP)

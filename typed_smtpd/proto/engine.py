@@ -66,10 +66,12 @@ from typed_smtpd.proto.framing import (
     DataDone,
     Event,
     Line,
+    Mode,
     Receiver,
     _NeedData,
 )
 from typed_smtpd.proto.limits import Limits
+from typed_smtpd.proto.monitor import SILENT, Monitor
 from typed_smtpd.proto.params import MailParams, MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.proxy import IPNetwork, ProxyData, is_trusted_peer, parse_proxy_header
 from typed_smtpd.proto.replies import Reply
@@ -478,6 +480,8 @@ class ServerEngine(Generic[S, E]):
 
     __slots__ = (
         "_auth_failures",
+        "_auth_mechanism",
+        "_auth_user",
         "_bdat_chunks",
         "_bdat_size",
         "_bogus",
@@ -491,6 +495,8 @@ class ServerEngine(Generic[S, E]):
         "_fresh",
         "_gated",
         "_last_activity",
+        "_message_open",
+        "_message_size",
         "_new_envelope",
         "_new_session",
         "_out",
@@ -502,11 +508,13 @@ class ServerEngine(Generic[S, E]):
         "_steps",
         "_stream",
         "_tls_refused",
+        "_verb",
         "closed",
         "config",
         "envelope",
         "final_replies",
         "hard_deadline",
+        "monitor",
         "peer",
         "session",
         "state",
@@ -523,8 +531,11 @@ class ServerEngine(Generic[S, E]):
         tls: bool = False,
         peer: object = None,
         peer_host: str | None = None,
+        monitor: Monitor = SILENT,
     ) -> None:
         self.config: EngineConfig = config
+        #: Told of each event an operator counts or logs.
+        self.monitor: Monitor = monitor
         self._new_session = new_session
         self._new_envelope = new_envelope
         self._clock = clock
@@ -564,6 +575,11 @@ class ServerEngine(Generic[S, E]):
         self._bdat_chunks: list[bytes] = []
         self._bdat_size = 0
         self._stream: ContentStream | None = None
+        self._verb: str | None = None  # the command being answered
+        self._message_open = False  # the next final reply is a message's
+        self._message_size = 0
+        self._auth_mechanism = ""
+        self._auth_user: str | None = None
         now = clock()
         self._last_activity = now
         self._busy = False
@@ -578,6 +594,7 @@ class ServerEngine(Generic[S, E]):
         """The connection is open: send the greeting (or first read the PROXY header)."""
         if self.config.proxy_timeout is None:
             self.reply(self.config.greeting)
+            self.monitor.connected()
         else:
             self._begin(self._proxy_phase())
 
@@ -702,8 +719,11 @@ class ServerEngine(Generic[S, E]):
 
     def reply(self, reply: Reply) -> None:
         """Queue one reply from the catalogue (enhanced codes once the client sent EHLO)."""
-        if not 300 <= reply.code < 400:
+        code = reply.code
+        if not 300 <= code < 400:
             self.final_replies += 1
+            if code >= 400 or self._message_open:
+                self._report(reply)
         if not self.closed:
             enhanced = self._enhanced_codes and self.session.extended_smtp
             self._out.append(reply._wire_enhanced if enhanced else reply._wire)
@@ -714,8 +734,19 @@ class ServerEngine(Generic[S, E]):
         start = end_of_previous + 2 if end_of_previous >= 0 else 0
         if line[start + 3 : start + 4] != b"-" and line[start : start + 1] != b"3":
             self.final_replies += 1
+            if self._message_open or line[start : start + 1] in _REFUSALS:
+                self._report(line[start:-2])
         if not self.closed:
             self._out.append(line)
+
+    def _report(self, reply: Reply | bytes) -> None:
+        """Tell the monitor about a final reply: a message's, or a refusal."""
+        limit = _limit_of(reply) if isinstance(reply, Reply) else None
+        if self._message_open:
+            self._message_open = False
+            self.monitor.message(reply, self._message_size, limit)
+        elif self._verb is not None:
+            self.monitor.refused(self._verb, reply, limit)
 
     def send_status(self, status: object, hook: str) -> str:
         """Queue what a hook returned as its reply, after checking it is one."""
@@ -793,6 +824,22 @@ class ServerEngine(Generic[S, E]):
         return event
 
     @property
+    def phase(self) -> str | None:
+        """What the dialog is in the middle of: ``"DATA"`` or ``"BDAT"`` (message content),
+        ``"AUTH"`` (a SASL exchange), ``"MAIL"`` (a transaction before its content), or ``None``
+        (between transactions)."""
+        mode = self._receiver.mode
+        if mode is Mode.DATA or (self._stream is not None and not self._stream.bdat):
+            return "DATA"
+        if mode is Mode.BDAT or self.state is State.IN_BDAT:
+            return "BDAT"
+        if mode is Mode.SASL:
+            return "AUTH"
+        if self.state in (State.HAVE_SENDER, State.HAVE_RECIPIENT):
+            return "MAIL"
+        return None
+
+    @property
     def eof(self) -> bool:
         """Whether the client closed its side."""
         return self._eof
@@ -831,6 +878,7 @@ class ServerEngine(Generic[S, E]):
         if result is None:  # legacy: an identity means success
             session._login_data = outcome
             result = AuthResult(success=True, auth_data=outcome)
+        self.monitor.authenticated(self._auth_mechanism, self._auth_user, result.success)
         if result.success:
             session.authenticated = True
             session.auth_data = result.auth_data
@@ -911,6 +959,7 @@ class ServerEngine(Generic[S, E]):
     def _on_error(self, error: Exception) -> Steps:
         """Answer an exception from user code (or a bug): logged, and ``451`` or what the
         handler's ``handle_exception`` returns; exception text never reaches the client."""
+        self.monitor.hook_failed(error)
         if isinstance(error, _InvalidHookReply):
             log.error("%r %s", self.peer, error)
             self.reply(R.INTERNAL_ERROR)
@@ -955,6 +1004,7 @@ class ServerEngine(Generic[S, E]):
     def _on_line(self, line: Line) -> Steps | None:
         command = parse_command(line.text)
         verb, arg = command.verb, command.arg
+        self._verb = verb
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%r >> %s", self.peer, sanitize(line.text))
         malformed = self._malformed(verb, line.size)
@@ -1362,6 +1412,8 @@ class ServerEngine(Generic[S, E]):
         if not self._sequence_ok(Verb.DATA):
             return None
         self.reply(R.ENTER_DATA)
+        self._message_open = True
+        self._message_size = 0
         limits = self.config.limits
         config = self.config
         self._receiver.start_data(
@@ -1394,6 +1446,7 @@ class ServerEngine(Generic[S, E]):
         if stream is None:
             if type(event) is DataDone:
                 self.hard_deadline = None
+                self._message_size = 0 if event.raw is None else len(event.raw)
                 content = (
                     event.error or R.DATA_TOO_LARGE
                     if event.raw is None
@@ -1409,6 +1462,7 @@ class ServerEngine(Generic[S, E]):
             stream = ContentStream(self._content_filter(None), bdat=False)
         self._stream_event(stream, event)
         if stream.done:
+            self._message_size = stream.size
             self._dropped(stream.reply)
         else:
             self._expect = functools.partial(self._drop_data, stream=stream)
@@ -1437,6 +1491,9 @@ class ServerEngine(Generic[S, E]):
             refusal = sequence_error(state, verb)
         elif limits.max_data_size is not None and self._bdat_size + size > limits.max_data_size:
             refusal = R.DATA_TOO_LARGE
+        if last and (refusal is None or refusal is R.DATA_TOO_LARGE):
+            self._message_open = True  # its reply is the message's
+            self._message_size = self._bdat_size + size
         # The chunk is read in full even when it is refused (RFC 3030 section 2).
         self.hard_deadline = self._clock() + limits.data_timeout
         stream = self._stream
@@ -1462,6 +1519,7 @@ class ServerEngine(Generic[S, E]):
                 if verb is Verb.BDAT_LAST:
                     self._refuse_message(R.DATA_TOO_LARGE)
                 else:
+                    self._message_open = True  # this reply ends the message
                     self.reply(R.DATA_TOO_LARGE)
                     self._reset_transaction()
             else:
@@ -1492,6 +1550,7 @@ class ServerEngine(Generic[S, E]):
             return None
         envelope = self.envelope
         envelope.original_content = content
+        self._message_size = len(content)
         if self.config.decode_data:
             try:
                 envelope.content = content.decode(self._encoding)
@@ -1652,7 +1711,9 @@ class ServerEngine(Generic[S, E]):
                 self._check_abandoned(stream)
         finally:
             self._stream = None
+        self._message_size = stream.size
         if stream.answered:
+            self._message_open = False  # abandoned, or answered already
             return
         try:
             if stream.reply is not None:
@@ -1716,6 +1777,8 @@ class ServerEngine(Generic[S, E]):
             stream.fail(_too_large())
             stream.done = True
             if not last:  # the reply to this chunk ends the transaction
+                self._message_open = True
+                self._message_size = stream.size
                 self.reply(R.DATA_TOO_LARGE)
                 self._reset_transaction()
                 stream.answered = True
@@ -1806,6 +1869,7 @@ class ServerEngine(Generic[S, E]):
 
     def _auth_exchange(self, mechanism: str, args: list[str]) -> Steps:
         before = self.final_replies
+        self._auth_mechanism, self._auth_user = mechanism, None
         if mechanism in self.config.engine_mechanisms:
             outcome = yield from _MECHANISMS[mechanism](self, args)
         else:
@@ -1835,6 +1899,9 @@ class ServerEngine(Generic[S, E]):
         return decoded
 
     def _authenticate(self, mechanism: str, data: object) -> Generator[Step, Any, object]:
+        login = getattr(data, "login", None)
+        if isinstance(login, bytes):
+            self._auth_user = login.decode("utf-8", "backslashreplace")
         result = yield Authenticate(mechanism, data)
         return result
 
@@ -1915,10 +1982,34 @@ class ServerEngine(Generic[S, E]):
                 self.close()
                 return
         self.reply(config.greeting)
+        self.monitor.connected()
 
 
 _AUTH_LINE: Final = re.compile(r"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
 _AUTH_LINE_BYTES: Final = re.compile(rb"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
+
+
+#: The first digit of a refusal, on the wire.
+_REFUSALS: Final = (b"4", b"5")
+#: The refusals that mean a limit of the server was hit, by the name of the limit.
+_LIMITS: Final[dict[Reply, str]] = {
+    R.TOO_MANY_RECIPIENTS: "recipients",
+    R.TOO_MANY_UNRECOGNIZED: "bad-commands",
+    R.AUTH_TOO_MANY_FAILURES: "auth-failures",
+    R.DATA_TOO_LARGE: "size",
+    R.MAIL_SIZE_TOO_LARGE: "size",
+    R.COMMAND_TOO_LONG: "line-length",
+    R.DATA_LINE_TOO_LONG: "line-length",
+    R.AUTH_LINE_TOO_LONG: "line-length",
+    R.TOO_MANY_CONNECTIONS: "connections",
+}
+
+
+def _limit_of(reply: Reply) -> str | None:
+    limit = _LIMITS.get(reply)
+    if limit is None and reply.code == 421 and reply.text.endswith(" sent too many times"):
+        return "calls"  # R.call_limit_exceeded()
+    return limit
 
 
 def _too_large() -> MessageTooLarge:

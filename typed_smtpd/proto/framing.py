@@ -32,6 +32,7 @@ from typed_smtpd.proto.replies import (
 
 __all__ = [
     "NEED_DATA",
+    "STREAM_PIECE",
     "BadLine",
     "ChunkDone",
     "DataChunk",
@@ -119,6 +120,9 @@ Event = Line | BadLine | DataDone | DataChunk | ChunkDone
 #: The octets a streamed DATA holds back: the longest start of ``CRLF . CRLF`` that can end
 #: a buffer.
 _TERMINATOR_PREFIX: Final = 4
+#: Streamed content is handed on in pieces of at least this many octets (but the last): a small
+#: message then costs no more than a buffered one, and a large one few pieces.
+STREAM_PIECE: Final = 1 << 16
 
 
 class Receiver:
@@ -349,7 +353,7 @@ class Receiver:
             cut = min(cut, self._scan - 2)
         if cut > 0 and buf[cut - 1] == 13:  # never split a CRLF
             cut -= 1
-        if cut <= 0:
+        if cut < STREAM_PIECE:
             return NEED_DATA
         if self._discarded:
             del buf[:cut]
@@ -400,7 +404,7 @@ class Receiver:
             self._discarded = False
             return ChunkDone(None)
         if len(buf) < remaining:
-            if not self._streaming or not buf:
+            if not self._streaming or len(buf) < STREAM_PIECE:
                 return NEED_DATA
             piece = bytes(buf)
             buf.clear()
