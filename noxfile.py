@@ -76,7 +76,7 @@ TEST_DEPS = [
     "hypothesis>=6.100",
     "uvloop; sys_platform != 'win32'",
 ]
-INTEROP_DEPS = ["aiosmtplib", "trustme"]
+INTEROP_DEPS = ["aiosmtplib", "trustme", "prometheus-client"]
 DOCS_DEPS = ["sphinx>=7.2", "furo"]
 LINT_TARGETS = [
     "typed_smtpd",

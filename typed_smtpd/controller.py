@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Final, Literal
 
 from typing_extensions import Self, Unpack
 
+from typed_smtpd.monitoring import ServerStats, StatsSnapshot
 from typed_smtpd.options import ControllerOptions, TCPControllerOptions
 from typed_smtpd.smtp import SMTP, ConnectionTracker
 
@@ -367,6 +368,13 @@ class BaseController(ABC):
         self.smtpd = None
         self._tracker: ConnectionTracker | None = None
 
+    @property
+    def stats(self) -> StatsSnapshot:
+        """The live counters of the server's connections (those of its latest run once it
+        stopped): a :class:`~typed_smtpd.monitoring.StatsSnapshot`."""
+        stats: ServerStats | None = getattr(self, "_stats", None)
+        return stats.snapshot() if stats is not None else StatsSnapshot()
+
     def factory(self) -> SMTP:
         """Create the protocol instance for one connection.
 
@@ -406,6 +414,7 @@ class BaseController(ABC):
         checked = self.factory()
         self.smtpd = None
         self._tracker = checked.connection_tracker = ConnectionTracker(self.max_connections)
+        self._stats = self._tracker.stats
         self.server = await self._create_server()
         if self.smtpd is None:
             self.smtpd = checked
@@ -1003,6 +1012,11 @@ class RunningServer:
     def smtpd(self) -> SMTP | None:
         """The protocol instance made to check the factory, then the latest connection's."""
         return self._controller.smtpd
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """The live counters of the server's connections."""
+        return self._controller.stats
 
     @property
     def is_serving(self) -> bool:

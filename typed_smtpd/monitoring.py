@@ -210,7 +210,6 @@ class ConnectionMonitor:
             return
         self._open = False
         stats = self.stats
-        stats.connections_open -= 1
         engine = self.engine
         phase = engine.phase if vanished and engine is not None else None
         if phase in ("DATA", "BDAT"):
@@ -225,6 +224,7 @@ class ConnectionMonitor:
                 vanished=phase,
                 error=error,
             )
+        stats.connections_open -= 1  # last: whoever waits for it finds every line written
 
     # --- the engine's Monitor -------------------------------------------------------------------
 

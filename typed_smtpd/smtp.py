@@ -368,10 +368,10 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: free its slot and timer, and stop waiting for input."""
-        vanished, self._closed = not self._closed, True
-        if self._engine is not None:
-            self._engine.close()
-            self._monitor.closed(vanished=vanished, error=exc)
+        engine, vanished, self._closed = self._engine, not self._closed, True
+        if engine is not None:  # the client left if it closed, broke off or hung up first
+            engine.close()
+            self._monitor.closed(vanished=vanished or engine.eof or exc is not None, error=exc)
         batch, self._batch = self._batch, None
         if batch is not None:
             batch.live -= 1
