@@ -43,6 +43,8 @@ sys.path.insert(0, str(HERE))
 import client  # noqa: E402
 
 ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")
+#: typed_smtpd with INFO event lines to a log file and Prometheus metrics on (not run by default).
+OBSERVED = "typed-observed"
 BASELINE = "typed-base"  # typed_smtpd as of --baseline REV, from a temporary git worktree
 ALL_CLIENTS = ("smtp-source", "asyncio")
 READY_TIMEOUT = 30.0  # seconds for a server to start listening
@@ -774,7 +776,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every run and the summary here")
     parser.add_argument(
         "--servers",
-        help=f"default {','.join(ALL_SERVERS)}, and {BASELINE} with --baseline",
+        help=f"default {','.join(ALL_SERVERS)}, and {BASELINE} with --baseline; {OBSERVED} "
+        "(INFO event lines to a file, Prometheus metrics on) on request",
     )
     parser.add_argument("--clients", default=",".join(ALL_CLIENTS))
     parser.add_argument("--uvloop", action="store_true", help="run the Python servers on uvloop")
@@ -818,7 +821,7 @@ def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
 def choose_servers(args: argparse.Namespace) -> list[str]:
     """The servers to run: --servers (or the default), with typed-base exactly when --baseline."""
     servers = [s.strip() for s in (args.servers or ",".join(ALL_SERVERS)).split(",") if s.strip()]
-    unknown = set(servers) - {*ALL_SERVERS, BASELINE}
+    unknown = set(servers) - {*ALL_SERVERS, BASELINE, OBSERVED}
     if unknown:
         raise SystemExit(f"unknown server: {', '.join(sorted(unknown))}")
     if BASELINE in servers and not args.baseline:

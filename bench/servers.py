@@ -1,7 +1,8 @@
 """Start one benchmark server in this process: typed_smtpd, aiosmtpd or a bare ceiling sink.
 
-Usage: ``python bench/servers.py typed|typed-base|aiosmtpd|ceiling|ceiling-buffered PORT
-[--max-connections N] [--timeout SECONDS] [--uvloop] [--profile FILE] [--tree DIR] [--check]``.
+Usage: ``python bench/servers.py KIND PORT [--max-connections N] [--timeout SECONDS] [--uvloop]
+[--profile FILE] [--tree DIR] [--check]``, KIND one of typed, typed-base, typed-observed, aiosmtpd,
+ceiling, ceiling-buffered.
 
 Every server is started the same way, with ``loop.create_server`` on 127.0.0.1 and the same
 hook-less ``Sink`` handler, so the comparison measures the protocol implementations and nothing
@@ -85,6 +86,38 @@ def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.
     return factory
 
 
+def typed_observed_factory(
+    max_connections: int, timeout: float
+) -> Callable[[], asyncio.BaseProtocol]:
+    """``typed`` as an operator runs it: every event line at INFO to a log file (in a temporary
+    directory, removed at exit) and the counters served to Prometheus on a free port."""
+    import atexit
+    import logging
+    import shutil
+    import tempfile
+
+    from typed_smtpd import smtp
+    from typed_smtpd.metrics import serve_metrics
+
+    directory = tempfile.mkdtemp(prefix="typed-observed-")
+    atexit.register(shutil.rmtree, directory, True)
+    handler = logging.FileHandler(Path(directory) / "mail.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("mail.log")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    tracker = smtp.ConnectionTracker(max_connections=max_connections)
+    serve_metrics(tracker.stats.snapshot)
+    sink = Sink()
+
+    def factory() -> asyncio.BaseProtocol:
+        protocol = smtp.SMTP(sink, hostname=HOSTNAME, timeout=timeout)
+        protocol.connection_tracker = tracker
+        return protocol
+
+    return factory
+
+
 def aiosmtpd_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.Protocol]:
     """Build aiosmtpd's protocol factory (aiosmtpd has no connection limit to raise)."""
     del max_connections
@@ -122,6 +155,7 @@ def ceiling_buffered_factory(
 FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.BaseProtocol]]] = {
     "typed": typed_factory,
     "typed-base": typed_factory,  # the same server, its package imported from --tree
+    "typed-observed": typed_observed_factory,
     "aiosmtpd": aiosmtpd_factory,
     "ceiling": ceiling_factory,
     "ceiling-buffered": ceiling_buffered_factory,

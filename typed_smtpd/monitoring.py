@@ -226,6 +226,11 @@ class ConnectionMonitor:
             )
         stats.connections_open -= 1  # last: whoever waits for it finds every line written
 
+    def sent(self, data: bytes) -> None:
+        """Replies written to the client: one DEBUG line each."""
+        for line in data.decode("utf-8", "replace").split("\r\n")[:-1]:
+            log.debug("%s << %s", self.id, line)
+
     # --- the engine's Monitor -------------------------------------------------------------------
 
     def connected(self) -> None:

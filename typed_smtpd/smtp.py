@@ -308,6 +308,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
             peer_host=peer[0] if isinstance(peer, tuple) and peer else None,
             monitor=monitor,
         )
+        engine.log_name = monitor.id
         engine.session.peer = peer
         if tracker is not None and not tracker._register(self):
             monitor.turned_away(peer)
@@ -542,6 +543,8 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         data = engine.data_to_send() if engine is not None else None
         if not data:
             return
+        if log.isEnabledFor(logging.DEBUG):
+            self._monitor.sent(data)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)  # type: ignore[attr-defined]

@@ -514,6 +514,7 @@ class ServerEngine(Generic[S, E]):
         "envelope",
         "final_replies",
         "hard_deadline",
+        "log_name",
         "monitor",
         "peer",
         "session",
@@ -536,6 +537,8 @@ class ServerEngine(Generic[S, E]):
         self.config: EngineConfig = config
         #: Told of each event an operator counts or logs.
         self.monitor: Monitor = monitor
+        #: How debug lines name the connection (its session id); ``None``: by its peer.
+        self.log_name: str | None = None
         self._new_session = new_session
         self._new_envelope = new_envelope
         self._clock = clock
@@ -1006,7 +1009,7 @@ class ServerEngine(Generic[S, E]):
         verb, arg = command.verb, command.arg
         self._verb = verb
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%r >> %s", self.peer, sanitize(line.text))
+            log.debug("%s >> %s", self.log_name or repr(self.peer), sanitize(line.text))
         malformed = self._malformed(verb, line.size)
         if malformed is not None:
             self.reply(malformed)
