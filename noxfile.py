@@ -205,7 +205,8 @@ def fuzz(session: nox.Session) -> None:
 @nox.session(python=PRIMARY_PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks against aiosmtpd (see bench/run.py for its options)."""
-    session.install(".[speed]", "aiosmtpd", "aiosmtplib")  # uvloop too, for --uvloop
+    # uvloop too, for --uvloop; prometheus-client for the typed-observed server
+    session.install(".[speed,metrics]", "aiosmtpd", "aiosmtplib")
     session.run("python", "bench/run.py", *session.posargs)
 
 

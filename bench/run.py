@@ -877,6 +877,8 @@ def benchmark(
             f"imported from {file}",
             file=sys.stderr,
         )
+    if OBSERVED in servers and not importable("prometheus_client"):
+        raise SystemExit(f"{OBSERVED} needs prometheus-client: pip install 'typed-smtpd[metrics]'")
     if "typed" in servers and not importable("typed_smtpd.smtp"):
         print("warning: typed_smtpd.smtp does not import; leaving typed_smtpd out", file=sys.stderr)
         servers.remove("typed")

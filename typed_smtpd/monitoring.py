@@ -47,6 +47,8 @@ _INFO: Final = logging.INFO
 #: A value written as it is; anything else is quoted (JSON string escapes, so no control
 #: character of a client's ever reaches the log as such).
 _PLAIN: Final = re.compile(r"[\w.:@<>\[\]/+=,-]+")
+#: Text that needs no escape inside double quotes.
+_QUOTABLE: Final = re.compile(r'[^"\\\x00-\x1f\x7f\x80-\x9f\u2028\u2029]*')
 #: The process part of session ids: ids of the workers of one server differ.
 _PROCESS: Final = os.urandom(2).hex().upper()
 _SEQUENCE: Final = itertools.count(1)
@@ -133,9 +135,15 @@ def format_peer(peer: object) -> str:
     return "unknown"
 
 
-def _value(value: object) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return text if _PLAIN.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+def _field(text: str) -> str:
+    """``text`` as a field value: as it is, or quoted."""
+    return text if _PLAIN.fullmatch(text) else _quote(text)
+
+
+def _quote(text: str) -> str:
+    if _QUOTABLE.fullmatch(text):
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _reply_text(reply: Reply | bytes) -> str:
@@ -154,7 +162,16 @@ class ConnectionMonitor:
     connection, TLS, time-outs); the engine tells it the rest (it is the engine's
     :class:`~typed_smtpd.proto.monitor.Monitor`)."""
 
-    __slots__ = ("_clock", "_messages", "_open", "_started", "engine", "id", "stats")
+    __slots__ = (
+        "_client_text",
+        "_clock",
+        "_messages",
+        "_open",
+        "_started",
+        "engine",
+        "id",
+        "stats",
+    )
 
     def __init__(self, stats: ServerStats, clock: Callable[[], float]) -> None:
         self.stats: ServerStats = stats
@@ -165,6 +182,7 @@ class ConnectionMonitor:
         self._started = clock()
         self._messages = 0
         self._open = False
+        self._client_text: str | None = None
 
     # --- around the engine (the adapter) --------------------------------------------------------
 
@@ -181,7 +199,7 @@ class ConnectionMonitor:
         stats.connections_refused += 1
         stats.limits["connections"] = stats.limits.get("connections", 0) + 1
         if log.isEnabledFor(_INFO):
-            self._emit("reject", client=format_peer(peer), limit="connections")
+            self._emit("reject", _field(format_peer(peer)), limit="connections")
 
     def tls(self, info: Mapping[str, Any]) -> None:
         """A TLS handshake completed; ``info`` is what ``session.ssl`` holds."""
@@ -189,20 +207,20 @@ class ConnectionMonitor:
         if log.isEnabledFor(_INFO):
             cipher = info.get("cipher")
             name = cipher[0] if isinstance(cipher, tuple) and cipher else None
-            self._emit("tls", client=self._client(), version=info.get("version"), cipher=name)
+            self._emit("tls", self._client(), version=info.get("version"), cipher=name)
 
     def tls_failed(self, error: BaseException) -> None:
         """A TLS handshake failed."""
         self.stats.tls_failures += 1
         if log.isEnabledFor(_INFO):
-            self._emit("tls-failed", client=self._client(), error=error)
+            self._emit("tls-failed", self._client(), error=error)
 
     def timed_out(self, what: str) -> None:
         """A deadline passed (``"idle"``, ``"hook"``); the connection is closed."""
         self.stats.timeouts += 1
         if log.isEnabledFor(_INFO):
             phase = self.engine.phase if self.engine is not None else None
-            self._emit("timeout", client=self._client(), deadline=what, phase=phase)
+            self._emit("timeout", self._client(), deadline=what, phase=phase)
 
     def closed(self, *, vanished: bool, error: BaseException | None) -> None:
         """The connection is gone; ``vanished`` when the client closed it (or it broke)."""
@@ -217,7 +235,7 @@ class ConnectionMonitor:
         if log.isEnabledFor(_INFO):
             self._emit(
                 "disconnect",
-                client=self._client(),
+                self._client(),
                 duration=f"{self._clock() - self._started:.3f}",
                 replies=engine.final_replies if engine is not None else 0,
                 messages=self._messages,
@@ -234,13 +252,14 @@ class ConnectionMonitor:
     # --- the engine's Monitor -------------------------------------------------------------------
 
     def connected(self) -> None:
+        self._client_text = None  # behind a PROXY proxy, the client is known only now
         if log.isEnabledFor(_INFO):
             engine = self.engine
             session = engine.session if engine is not None else None
             proxied = session is not None and session.proxy_data is not None
             self._emit(
                 "connect",
-                client=self._client(),
+                self._client(),
                 proxy=format_peer(session.peer) if proxied and session else None,
             )
 
@@ -254,7 +273,7 @@ class ConnectionMonitor:
         if log.isEnabledFor(_INFO):
             self._emit(
                 "reject",
-                client=self._client(),
+                self._client(),
                 command=verb,
                 reply=_reply_text(reply),
                 limit=limit,
@@ -267,51 +286,90 @@ class ConnectionMonitor:
             self.stats.auth_failures += 1
         if log.isEnabledFor(_INFO):
             event = "auth" if success else "auth-failed"
-            self._emit(event, client=self._client(), mechanism=mechanism, user=user)
+            self._emit(event, self._client(), mechanism=mechanism, user=user)
 
     def message(self, reply: Reply | bytes, size: int, limit: str | None) -> None:
         stats = self.stats
         engine = self.engine
         envelope = engine.envelope if engine is not None else None
         recipients = len(envelope.rcpt_tos) if envelope is not None else 0
-        accepted = _reply_code(reply) < 400
-        message_id = None
-        if accepted:
+        code = reply.code if isinstance(reply, Reply) else int(reply[:3])
+        if code < 400:
             stats.messages_accepted += 1
             stats.recipients += recipients
             self._messages += 1
-            message_id = f"{self.id}.{self._messages}"
         else:
             stats.messages_refused += 1
             if limit is not None:
                 stats.limits[limit] = stats.limits.get(limit, 0) + 1
         if log.isEnabledFor(_INFO):
-            sender = envelope.mail_from if envelope is not None else None
-            self._emit(
-                "accepted" if accepted else "refused",
-                client=self._client(),
-                id=message_id,
-                **{"from": None if sender is None else f"<{sender}>"},
-                rcpts=recipients,
-                size=size,
-                reply=_reply_text(reply),
-                limit=limit,
-            )
+            self._message_line(code < 400, envelope, recipients, reply, size, limit)
+
+    def _message_line(
+        self,
+        accepted: bool,
+        envelope: Envelope | None,
+        recipients: int,
+        reply: Reply | bytes,
+        size: int,
+        limit: str | None,
+    ) -> None:
+        # The line of every message: written out here rather than through _emit, it costs a
+        # third less.
+        sid, client = self.id, self._client()
+        sender = f"<{envelope.mail_from}>" if envelope is not None else "<>"
+        text = _reply_text(reply)
+        event = "accepted" if accepted else "refused"
+        extra: dict[str, object] = {
+            "smtp_event": event,
+            "smtp_session": sid,
+            "smtp_client": client,
+            "smtp_from": sender,
+            "smtp_rcpts": recipients,
+            "smtp_size": size,
+            "smtp_reply": text,
+        }
+        if accepted:
+            message_id = extra["smtp_id"] = f"{sid}.{self._messages}"
+            head = f"{sid} accepted client={client} id={message_id}"
+        else:
+            head = f"{sid} refused client={client}"
+        if not _PLAIN.fullmatch(sender):
+            sender = _quote(sender)
+        line = f"{head} from={sender} rcpts={recipients} size={size} reply={_quote(text)}"
+        if limit is not None:
+            extra["smtp_limit"] = limit
+            line += f" limit={limit}"
+        log.info(line, extra=extra)
 
     def hook_failed(self, error: Exception) -> None:
         self.stats.hook_errors += 1
         if log.isEnabledFor(_INFO):
-            self._emit("hook-error", client=self._client(), error=type(error).__name__)
+            self._emit("hook-error", self._client(), error=type(error).__name__)
 
     # --- the lines ------------------------------------------------------------------------------
 
     def _client(self) -> str:
-        return format_peer(self.engine.peer) if self.engine is not None else "unknown"
+        """The client's address as a field value (quoted if it needs to be)."""
+        client = self._client_text
+        if client is None:
+            client = format_peer(self.engine.peer) if self.engine is not None else "unknown"
+            client = self._client_text = _field(client)
+        return client
 
-    def _emit(self, event: str, **values: object) -> None:
-        present = {key: value for key, value in values.items() if value is not None}
-        text = " ".join(f"{key}={_value(value)}" for key, value in present.items())
-        extra: dict[str, object] = {"smtp_event": event, "smtp_session": self.id}
-        for key, value in present.items():
-            extra[f"smtp_{key}"] = value if isinstance(value, (int, float, str)) else str(value)
-        log.info("%s %s %s", self.id, event, text, extra=extra)
+    def _emit(self, event: str, client: str, **values: object) -> None:
+        sid = self.id
+        parts = [sid, event, f"client={client}"]
+        extra: dict[str, object] = {"smtp_event": event, "smtp_session": sid, "smtp_client": client}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if type(value) is int:
+                text = str(value)
+            else:
+                if not isinstance(value, str):
+                    value = str(value)
+                text = value if _PLAIN.fullmatch(value) else _quote(value)
+            extra["smtp_" + key] = value
+            parts.append(f"{key}={text}")
+        log.info(" ".join(parts), extra=extra)
