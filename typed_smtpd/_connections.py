@@ -26,6 +26,7 @@ __all__ = [
     "read_buffer",
     "thread_local",
     "tls_info",
+    "unsent",
     "write_batch",
 ]
 
@@ -143,6 +144,14 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
     info["ssl_object"] = ssl_object
     info["version"] = ssl_object.version() if ssl_object is not None else None
     return info
+
+
+def unsent(transport: asyncio.BaseTransport) -> int:
+    """Octets written to ``transport`` that the client has not taken yet (0 if unknown)."""
+    try:
+        return transport.get_write_buffer_size()  # type: ignore[attr-defined, no-any-return]
+    except (AttributeError, NotImplementedError):
+        return 0
 
 
 def read_buffer() -> memoryview:

@@ -27,6 +27,7 @@ from typed_smtpd._connections import (
     ConnectionTracker,
     read_buffer,
     tls_info,
+    unsent,
     write_batch,
 )
 from typed_smtpd._settings import (
@@ -81,6 +82,7 @@ __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
     "BOGUS_LIMIT",
     "CALL_LIMIT_DEFAULT",
+    "CLOSE_GRACE",
     "DATA_SIZE_DEFAULT",
     "MISSING",
     "SMTP",
@@ -102,6 +104,8 @@ log: logging.Logger = logging.getLogger("mail.log")
 
 __ident__: Final = IDENT
 _TLS_HANDSHAKE_TIMEOUT: Final = 30.0
+#: Seconds a closed connection's last replies get to reach a client that is not reading.
+CLOSE_GRACE: Final = 2.0
 
 
 class TLSSetupException(Exception):
@@ -575,7 +579,8 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
                 engine.wait_on_client(False)
 
     def close(self) -> None:
-        """Send what is queued, then close the connection."""
+        """Send what is queued, then close the connection; a client that does not read what
+        is left is cut off after :data:`CLOSE_GRACE` seconds, and its slot is free at once."""
         if self._engine is not None:
             self._engine.close()
         self.flush()
@@ -583,6 +588,10 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
+            if unsent(transport):
+                self.loop.call_later(CLOSE_GRACE, transport.abort)  # type: ignore[attr-defined]
+                if self.connection_tracker is not None:
+                    self.connection_tracker._unregister(self)
         self._wake()
 
     def abort(self) -> None:

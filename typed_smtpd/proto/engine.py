@@ -794,6 +794,8 @@ class ServerEngine(Generic[S, E]):
             return None
         deadline = self.hard_deadline
         kind = Expiry.HOOK if self._busy and (deadline is None or now < deadline) else Expiry.IDLE
+        self._verb = None  # the 421 answers no command (the monitor hears of the time-out)
+        self._message_open = False
         self.reply(R.TIMEOUT)
         self.close()
         return kind
