@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from typed_smtpd.monitoring import ServerStats
+from typed_smtpd.proto.clients import ClientLimits, ClientTable
 
 if TYPE_CHECKING:
     from typed_smtpd.smtp import SMTP
@@ -46,15 +47,21 @@ class ConnectionTracker:
     """The open connections of one listening server, and its connection cap.
 
     A controller creates one and gives it to every :class:`SMTP` it builds; a connection past
-    ``max_connections`` is answered ``421 4.7.0`` and closed.
+    ``max_connections`` is answered ``421 4.7.0`` and closed, and so is one from an address past
+    its limits (``client_limits``: a :class:`~typed_smtpd.proto.clients.ClientLimits`; the
+    defaults unless given).
     """
 
-    def __init__(self, max_connections: int | None = None) -> None:
+    def __init__(
+        self, max_connections: int | None = None, client_limits: ClientLimits | None = None
+    ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1 (or None for no cap)")
         self.max_connections: int | None = max_connections
         #: The live counters of the server's connections.
         self.stats: ServerStats = ServerStats()
+        #: The counts behind the limits per client address (``client_limits``, or the defaults).
+        self.clients: ClientTable = ClientTable(client_limits)
         self._connections: set[SMTP] = set()
         self._empty: asyncio.Event | None = None
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from typed_smtpd.proto.clients import ClientTable
 from typed_smtpd.proto.replies import Reply
 
 if TYPE_CHECKING:
@@ -164,7 +165,9 @@ class ConnectionMonitor:
 
     __slots__ = (
         "_client_text",
+        "_clients",
         "_clock",
+        "_counted",
         "_messages",
         "_open",
         "_started",
@@ -173,8 +176,15 @@ class ConnectionMonitor:
         "stats",
     )
 
-    def __init__(self, stats: ServerStats, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        stats: ServerStats,
+        clock: Callable[[], float],
+        clients: ClientTable | None = None,
+    ) -> None:
         self.stats: ServerStats = stats
+        self._clients = clients
+        self._counted: str | None = None  # the address counted in the client table
         #: The session id that starts each of this connection's log lines.
         self.id: str = f"{_PROCESS}{next(_SEQUENCE):06X}"
         self.engine: ServerEngine[Session, Envelope] | None = None
@@ -227,6 +237,8 @@ class ConnectionMonitor:
         if not self._open:  # turned away at the cap, or told already
             return
         self._open = False
+        if self._counted is not None and self._clients is not None:
+            self._clients.disconnect(self._counted, self._clock())
         stats = self.stats
         engine = self.engine
         phase = engine.phase if vanished and engine is not None else None
@@ -251,8 +263,20 @@ class ConnectionMonitor:
 
     # --- the engine's Monitor -------------------------------------------------------------------
 
-    def connected(self) -> None:
+    def connected(self) -> Reply | None:
         self._client_text = None  # behind a PROXY proxy, the client is known only now
+        clients = self._clients
+        if clients is not None:
+            host = self._host()
+            refusal = clients.connect(host, self._clock())
+            if refusal is not None:
+                stats = self.stats
+                stats.limits["client-connections"] = stats.limits.get("client-connections", 0) + 1
+                stats.connections_refused += 1
+                if log.isEnabledFor(_INFO):
+                    self._emit("reject", self._client(), limit="client-connections")
+                return refusal
+            self._counted = host
         if log.isEnabledFor(_INFO):
             engine = self.engine
             session = engine.session if engine is not None else None
@@ -262,6 +286,11 @@ class ConnectionMonitor:
                 self._client(),
                 proxy=format_peer(session.peer) if proxied and session else None,
             )
+        return None
+
+    def auth_allowed(self) -> Reply | None:
+        clients = self._clients
+        return None if clients is None else clients.auth_allowed(self._host(), self._clock())
 
     def refused(self, verb: str, reply: Reply | bytes, limit: str | None) -> None:
         stats = self.stats
@@ -284,6 +313,8 @@ class ConnectionMonitor:
             self.stats.auth_successes += 1
         else:
             self.stats.auth_failures += 1
+            if self._clients is not None:
+                self._clients.auth_failed(self._host(), self._clock())
         if log.isEnabledFor(_INFO):
             event = "auth" if success else "auth-failed"
             self._emit(event, self._client(), mechanism=mechanism, user=user)
@@ -348,6 +379,10 @@ class ConnectionMonitor:
             self._emit("hook-error", self._client(), error=type(error).__name__)
 
     # --- the lines ------------------------------------------------------------------------------
+
+    def _host(self) -> str | None:
+        peer = self.engine.peer if self.engine is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
     def _client(self) -> str:
         """The client's address as a field value (quoted if it needs to be)."""

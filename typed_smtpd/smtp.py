@@ -301,7 +301,8 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         tls = transport.get_extra_info("sslcontext") is not None
         tracker = self.connection_tracker
         stats = tracker.stats if tracker is not None else self._server.stats
-        monitor = self._monitor = ConnectionMonitor(stats, loop.time)
+        clients = tracker.clients if tracker is not None else None
+        monitor = self._monitor = ConnectionMonitor(stats, loop.time, clients)
         engine = monitor.engine = self._engine = ServerEngine(
             self._server.config,
             new_session=self._create_session,

@@ -49,6 +49,7 @@ from typed_smtpd.proto.auth import (
     split_cram_md5,
     split_plain,
 )
+from typed_smtpd.proto.clients import TOO_MANY_AUTH_FAILURES_FROM_CLIENT, TOO_MANY_FROM_CLIENT
 from typed_smtpd.proto.commands import (
     ParamError,
     PathError,
@@ -596,10 +597,16 @@ class ServerEngine(Generic[S, E]):
     def start(self) -> None:
         """The connection is open: send the greeting (or first read the PROXY header)."""
         if self.config.proxy_timeout is None:
-            self.reply(self.config.greeting)
-            self.monitor.connected()
+            self._greet()
         else:
             self._begin(self._proxy_phase())
+
+    def _greet(self) -> None:
+        refusal = self.monitor.connected()
+        if refusal is None:
+            self.reply(self.config.greeting)
+        else:
+            self.refuse(refusal)
 
     def refuse(self, reply: Reply) -> None:
         """Answer a connection that is not served (``421`` when the server is full) and close."""
@@ -1858,6 +1865,10 @@ class ServerEngine(Generic[S, E]):
         if len(args) > 2:
             self.reply(R.AUTH_TOO_MANY_VALUES)
             return None
+        refusal = self.monitor.auth_allowed()
+        if refusal is not None:  # this client's address failed too often, on any connection
+            self.refuse(refusal)
+            return None
         if "handle_AUTH" in self.config.hooks:
             return self._auth_hooked(args)
         mechanism = args[0].upper()
@@ -1986,8 +1997,7 @@ class ServerEngine(Generic[S, E]):
                 log.info("%r connection refused by handle_PROXY", self.peer)
                 self.close()
                 return
-        self.reply(config.greeting)
-        self.monitor.connected()
+        self._greet()
 
 
 _AUTH_LINE: Final = re.compile(r"(\s*AUTH\s+\S+)\s+\S+", re.IGNORECASE)
@@ -2007,6 +2017,8 @@ _LIMITS: Final[dict[Reply, str]] = {
     R.DATA_LINE_TOO_LONG: "line-length",
     R.AUTH_LINE_TOO_LONG: "line-length",
     R.TOO_MANY_CONNECTIONS: "connections",
+    TOO_MANY_FROM_CLIENT: "client-connections",
+    TOO_MANY_AUTH_FAILURES_FROM_CLIENT: "client-auth-failures",
 }
 
 

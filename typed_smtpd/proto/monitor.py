@@ -20,8 +20,13 @@ __all__ = ["SILENT", "Monitor"]
 class Monitor(Protocol):
     """The events of one connection, as the engine reports them."""
 
-    def connected(self) -> None:
-        """The greeting went out (after the PROXY header, if one was expected)."""
+    def connected(self) -> Reply | None:
+        """The client is to be greeted (after its PROXY header, if one was expected): ``None``
+        to greet it, or the reply that turns it away (a limit per client address)."""
+
+    def auth_allowed(self) -> Reply | None:
+        """The client sent AUTH: ``None`` to go on, or the reply that refuses it (its address
+        failed too often); the connection is then closed."""
 
     def refused(self, verb: str, reply: Reply | bytes, limit: str | None) -> None:
         """A command was refused (a 4xx or 5xx reply); ``limit`` names the limit it hit."""
@@ -41,7 +46,10 @@ class _Silent:
 
     __slots__ = ()
 
-    def connected(self) -> None:
+    def connected(self) -> Reply | None:
+        return None
+
+    def auth_allowed(self) -> Reply | None:
         return None
 
     def refused(self, verb: str, reply: Reply | bytes, limit: str | None) -> None:
