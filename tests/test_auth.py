@@ -1019,3 +1019,22 @@ def test_arbitrary_responses_get_a_clean_reply(mechanism: str, responses: list[s
         assert answer(await client.send("NOOP")) == wire(R.OK)
 
     in_memory(Recording(), dialog)
+
+
+def test_smtplib_with_a_wrong_password_gets_535_and_a_clean_quit() -> None:
+    """smtplib.login() tries each offered mechanism in turn (here CRAM-MD5, PLAIN and LOGIN):
+    one wrong password must end in SMTPAuthenticationError and a 221, not a 421."""
+    import smtplib
+
+    def authenticator(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+    with running(authenticator=authenticator, auth_require_tls=False, enable_CRAM_MD5=True) as s:
+        client = smtplib.SMTP(s.hostname, s.port, timeout=10)
+        client.ehlo()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            client.login("anne", "wrong")
+        assert failed.value.smtp_code == 535
+        assert client.quit()[0] == 221

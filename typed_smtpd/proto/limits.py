@@ -51,8 +51,10 @@ IDLE_TIMEOUT: Final = 300.0
 #: An overall deadline for one DATA or BDAT transfer, however steadily the bytes trickle in:
 #: RFC 5321 section 4.5.3.2.6 gives the client 10 minutes for the terminating dot.
 DATA_TIMEOUT: Final = 600.0
-#: Failed AUTH attempts on one connection before it is closed with 421 (stops brute force).
-MAX_AUTH_FAILURES: Final = 3
+#: Failed AUTH attempts on one connection before it is closed with 421. Above what a client
+#: trying each offered mechanism with one wrong password spends (smtplib tries up to three, then
+#: expects to say QUIT); guessing across connections is what the limits per client address stop.
+MAX_AUTH_FAILURES: Final = 5
 
 #: What to do with a bare CR, a bare LF or a NUL in a command or in message content.
 BareNewlinePolicy = Literal["reject", "normalize", "accept"]
