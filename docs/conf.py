@@ -46,6 +46,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
     "generated_reference",
 ]
 # The state diagram is drawn only where Graphviz is installed; without ``dot`` the page shows its
@@ -59,6 +60,19 @@ default_role = "code"
 
 html_theme = "furo"
 html_title = f"typed_smtpd {release}"
+html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
+
+# Copy buttons on every code block. The button copies what a reader types, without the prompts
+# (">>> ", "... ", "$ ") and without the output lines of a session, so that a doctest pasted into
+# an interpreter or a console example into a shell runs as shown; a command continued with a
+# backslash is copied whole. A block without prompts (plain code) is copied as it is.
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+copybutton_remove_prompts = True
+copybutton_line_continuation_character = "\\"
+copybutton_exclude = ".linenos, .gp, .go"
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
@@ -88,7 +102,7 @@ linkcheck_ignore = [r"https?://.*"]
 _log = logging.getLogger(__name__)
 
 
-#: The modules of the API reference page. A name re-exported by one of them is documented only in
+#: The modules of the API reference (one page each, in docs/reference/). A name re-exported by one of them is documented only in
 #: the one that defines it, so that every object has exactly one entry (and short cross-references
 #: such as ``Session`` stay unambiguous).
 REFERENCE_MODULES = (
@@ -96,8 +110,11 @@ REFERENCE_MODULES = (
     "typed_smtpd.smtp",
     "typed_smtpd.options",
     "typed_smtpd.session",
+    "typed_smtpd.stream",
     "typed_smtpd.hooks",
     "typed_smtpd.controller",
+    "typed_smtpd.monitoring",
+    "typed_smtpd.metrics",
     "typed_smtpd.handlers",
     "typed_smtpd.lmtp",
     "typed_smtpd.commands",

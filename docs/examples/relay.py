@@ -1,8 +1,8 @@
 """An authenticated relay for one domain: the example application of the tutorial.
 
-Clients must log in (PLAIN or LOGIN, over TLS in production); mail for ``example.com`` is stored
-in a Maildir, every other recipient is refused. The server sits behind HAProxy, which sends a
-PROXY protocol header in front of every connection.
+Clients must log in (PLAIN or LOGIN, over TLS in production); mail for
+``example.com`` is stored in a Maildir, every other recipient is refused. The server
+sits behind HAProxy, which sends a PROXY protocol header in front of every connection.
 
 The tutorial's doctests import this file and run it against the in-memory fake server.
 """
@@ -47,8 +47,13 @@ class DomainMailbox(Mailbox):
     async def handle_PROXY(
         self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData
     ) -> bool:
-        """Log the real client's address that HAProxy passes on; accept every valid header."""
-        log.info("client %s:%s via %s", proxy_data.src_addr, proxy_data.src_port, session.peer)
+        """Log the client address HAProxy passes on; accept every valid header."""
+        log.info(
+            "client %s:%s via %s",
+            proxy_data.src_addr,
+            proxy_data.src_port,
+            session.peer,
+        )
         return True
 
 
@@ -56,7 +61,7 @@ class PasswordAuthenticator:
     """Checks PLAIN and LOGIN credentials against a fixed table of users."""
 
     def __init__(self, users: Mapping[str, str]) -> None:
-        self._users = {name.encode(): password.encode() for name, password in users.items()}
+        self._users = {name.encode(): secret.encode() for name, secret in users.items()}
 
     def __call__(
         self,
@@ -72,7 +77,9 @@ class PasswordAuthenticator:
         known = self._users.get(auth_data.login)
         ok = known is not None and hmac.compare_digest(known, auth_data.password)
         return AuthResult(
-            success=ok, handled=False, auth_data=auth_data.login.decode() if ok else None
+            success=ok,
+            handled=False,
+            auth_data=auth_data.login.decode() if ok else None,
         )
 
 
@@ -84,7 +91,8 @@ def relay_options(
 ) -> dict[str, Any]:
     """The keyword arguments of :class:`~typed_smtpd.smtp.SMTP` for the relay.
 
-    Without a TLS context (in tests) passwords are accepted in clear; in production pass one.
+    Without a TLS context (in tests) passwords are accepted in clear; in production
+    pass one.
     """
     return {
         "authenticator": PasswordAuthenticator(users),
