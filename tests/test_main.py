@@ -9,10 +9,12 @@ import signal
 import smtplib
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -143,13 +145,15 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def assert_usage_error(capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(args)
+        main(["-n", *args])  # -n: an argument that parsed after all must not give up root
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1, err
     assert errors[0].startswith("typed-smtpd: error: ")
+    assert errors[0].endswith(" (see typed-smtpd --help)")
     assert err.splitlines()[-1] == errors[0]
+    assert "usage:" not in err
     assert fragment in errors[0]
 
 
@@ -164,18 +168,27 @@ def assert_usage_error(capsys: pytest.CaptureFixture[str], args: list[str], frag
         (["-s", "lots"], "expected a whole number"),
         (["--timeout", "0"], "seconds > 0"),
         (["--timeout", "nan"], "seconds > 0"),
-        (["--max-connections", "0"], ">= 1"),
+        (["--max-connections", "-1"], "expected a whole number >= 0 (0: no limit)"),
+        (["--max-connections", "many"], "expected a whole number >= 0 (0: no limit)"),
+        (["--data-timeout", "0"], "seconds > 0"),
+        (["--data-timeout", "soon"], "seconds > 0"),
+        (["--socket-mode", "0660"], "--socket-mode and --socket-group need --unix-socket"),
+        (["--unix-socket", "s", "--socket-mode", "rw"], "permission bits in octal"),
+        (["--unix-socket", "s", "--socket-mode", "17777"], "permission bits in octal"),
+        (["--unix-socket", "s", "--socket-group", "no-such-group-here"], "no group named"),
         (["--hostname", "mx\r\nEVIL"], "control characters"),
         (["--smtpscert", "cert.pem"], "--smtpscert and --smtpskey must be given together"),
         (["--tlskey", "key.pem"], "--tlscert and --tlskey must be given together"),
-        (["--tlscert", "missing.pem", "--tlskey", "missing.pem"], "cannot load the certificate"),
+        (["--tlscert", "missing.pem", "--tlskey", "key.pem"], "--tlscert missing.pem: No such"),
+        (["--smtpscert", "missing.pem", "--smtpskey", "k"], "--smtpscert missing.pem: No such"),
         (["-c", "NoDots"], "module.Class"),
         (["-c", "no_such_module_here.Handler"], "cannot import"),
         (["-c", "typed_smtpd.handlers.NoSuchHandler"], "has no class"),
         (["--auth-file", "no/such/file"], "--auth-file no/such/file"),
-        (["--workers", "0"], ">= 1"),
-        (["--workers", "two"], "expected a whole number"),
-        (["--workers", "257"], "at most 256 workers"),
+        (["--workers", "0"], "expected a whole number from 1 to 256, not '0'"),
+        (["--workers", "two"], "expected a whole number from 1 to 256, not 'two'"),
+        (["--workers", "257"], "expected a whole number from 1 to 256, not '257'"),
+        (["--workers", "-1"], "expected a whole number from 1 to 256, not '-1'"),
         (["--workers", "2", "--unix-socket", "s"], "--workers needs a TCP address"),
     ],
 )
@@ -451,6 +464,90 @@ def test_size_zero_means_unlimited() -> None:
 
 
 @pytest.mark.integration
+def test_unix_socket_mode_and_group(tmp_path: Path) -> None:
+    path = tmp_path / "lmtp.sock"
+    gid = os.getgid()
+    args = ["-n", "--lmtp", "--unix-socket", str(path), "--socket-mode", "0660"]
+    args += ["--socket-group", str(gid), "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
+        info = path.stat()
+        assert stat.S_ISSOCK(info.st_mode)
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert info.st_gid == gid
+        assert server.stop() == 0
+    assert not path.exists()
+    assert "Traceback" not in server.err
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_root_unix_socket_for_another_group(tmp_path: Path) -> None:
+    """Started as root, the socket file gets its group before the switch to "nobody"."""
+    import grp
+
+    group = next((g for g in grp.getgrall() if g.gr_gid not in (0, os.getgid())), None)
+    if group is None:
+        pytest.skip("no group other than root's")
+    tmp_path.chmod(0o755)
+    path = tmp_path / "lmtp.sock"
+    args = ["--lmtp", "--unix-socket", str(path), "--socket-mode", "0660"]
+    args += ["--socket-group", group.gr_name, "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o660, group.gr_gid)
+        assert server.stop() == 0
+    # "nobody" may not write to the directory: the file stays, and the log says so.
+    assert path.exists()
+    assert f"cannot remove the socket file {path}: Permission denied" in server.err
+
+
+def test_defaults_of_the_connection_cap_and_the_data_timeout() -> None:
+    from typed_smtpd.controller import DEFAULT_MAX_CONNECTIONS
+    from typed_smtpd.main import _configure
+    from typed_smtpd.proto.limits import DATA_TIMEOUT
+
+    parser = build_parser()
+    config = _configure(parser, parser.parse_args(["-n"]))
+    assert config.max_connections == DEFAULT_MAX_CONNECTIONS == 1000
+    assert config.smtp.data_timeout == DATA_TIMEOUT
+    args = ["-n", "--max-connections", "0", "--data-timeout", "2.5"]
+    config = _configure(parser, parser.parse_args(args))
+    assert config.max_connections is None
+    assert config.smtp.data_timeout == 2.5
+
+
+def test_the_host_name_is_looked_up_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not at the first connection, which may come after the switch to "nobody"."""
+    from typed_smtpd.main import _configure
+
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "mx.resolved.test")
+    parser = build_parser()
+    assert _configure(parser, parser.parse_args(["-n"])).smtp.hostname == "mx.resolved.test"
+    given = parser.parse_args(["-n", "--hostname", "mx.given.test"])
+    assert _configure(parser, given).smtp.hostname == "mx.given.test"
+
+
+@pytest.mark.integration
+def test_data_timeout() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--data-timeout", "0.5", "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as client:
+            reader = client.makefile("rb")
+            assert reader.readline().startswith(b"220 ")
+            client.sendall(b"HELO c.test\r\nMAIL FROM:<a@example.com>\r\n")
+            client.sendall(b"RCPT TO:<b@example.com>\r\nDATA\r\n")
+            assert [reader.readline()[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+            # Steady progress does not help: the deadline bounds the whole message.
+            with suppress(OSError):  # the server closes the connection at the deadline
+                for _ in range(20):
+                    client.sendall(b"x\r\n")
+                    time.sleep(0.1)
+            assert reader.readline().startswith(b"421 ")
+            reader.close()
+        assert server.stop() == 0
+
+
+@pytest.mark.integration
 def test_lmtp_on_a_unix_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "lmtp.sock")
     args = ["-n", "--lmtp", "--unix-socket", path, "-c", "typed_smtpd.handlers.Debugging"]
@@ -486,6 +583,28 @@ def test_auth_file_requires_auth(tmp_path: Path) -> None:
             assert client.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
         assert server.stop() == 0
     assert "passwords will cross the network in clear" in server.err
+    # Said once, by the command line: not again as a UserWarning from each connection.
+    assert server.err.count("in clear") == 1, server.err
+    assert "UserWarning" not in server.err
+
+
+@pytest.mark.integration
+def test_max_connections_zero_lifts_the_cap() -> None:
+    args = ["-n", "-l", "127.0.0.1:0", "--max-connections", "0", "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
+        clients = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)]
+        try:
+            clients += [
+                socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)
+            ]
+            readers = [client.makefile("rb") for client in clients]
+            assert all(reader.readline().startswith(b"220 ") for reader in readers)
+            for reader in readers:
+                reader.close()
+        finally:
+            for client in clients:
+                client.close()
+        assert server.stop() == 0
 
 
 @pytest.mark.integration
@@ -681,21 +800,23 @@ def test_usage_error_in_a_subprocess() -> None:
         check=False,
     )
     assert result.returncode == 2
-    errors = [line for line in result.stderr.decode().splitlines() if "error" in line]
-    assert errors == ["typed-smtpd: error: argument -l/--listen: missing ']' in '[::1'"]
+    assert result.stderr.decode() == (
+        "typed-smtpd: error: argument -l/--listen: missing ']' in '[::1' (see typed-smtpd --help)\n"
+    )
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("flag", "expected", "absent"),
     [
-        ("-d", "INFO mail.log: shutting down", " DEBUG "),
-        ("-dd", "DEBUG mail.log: ", " is serving"),
-        ("-ddd", " is serving", None),  # asyncio's debug mode reports the server
+        ("", "INFO mail.log: shutting down", " DEBUG "),
+        ("-d", "DEBUG mail.log: ", " is serving"),
+        ("-dd", " is serving", None),  # asyncio's debug mode reports the server
     ],
 )
 def test_debug_levels(flag: str, expected: str, absent: str | None) -> None:
-    with typed_smtpd("-n", "-l", "127.0.0.1:0", flag, "-c", "typed_smtpd.handlers.Sink") as server:
+    args = ["-n", "-l", "127.0.0.1:0", *filter(None, [flag]), "-c", "typed_smtpd.handlers.Sink"]
+    with typed_smtpd(*args) as server:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
             assert client.noop()[0] == 250
         assert server.stop() == 0
@@ -705,12 +826,16 @@ def test_debug_levels(flag: str, expected: str, absent: str | None) -> None:
 
 
 @pytest.mark.integration
-def test_without_debug_nothing_is_logged() -> None:
+def test_without_debug_only_the_events_are_logged() -> None:
     with typed_smtpd("-n", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Sink") as server:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
             assert client.noop()[0] == 250
         assert server.stop() == 0
-    assert server.err == server.banner
+    lines = server.err.splitlines()
+    assert lines[0] == server.banner.rstrip("\n")
+    events = [re.search(r" INFO mail\.log: [0-9A-F]{10} ([a-z-]+) ", line) for line in lines[1:3]]
+    assert [match and match.group(1) for match in events] == ["connect", "disconnect"]
+    assert lines[3:] == [lines[3]] and lines[3].endswith("INFO mail.log: shutting down")
 
 
 @pytest.mark.integration
@@ -1000,7 +1125,8 @@ def test_workers_handler_error_is_reported_once() -> None:
     assert result.returncode == 2
     errors = [line for line in result.stderr.decode().splitlines() if "error" in line]
     assert errors == [
-        "typed-smtpd: error: the Mailbox handler takes exactly one argument: the Maildir path"
+        "typed-smtpd: error: the Mailbox handler takes exactly one argument: the Maildir path "
+        "(see typed-smtpd --help)"
     ]
 
 
@@ -1051,3 +1177,36 @@ def test_fault_injector_from_the_command_line() -> None:
                 client.sendmail("a@example.test", ["x@blocked.test"], b"x\r\n")
             assert refused.value.recipients == {"x@blocked.test": (550, b"5.1.1 No such user")}
         assert server.stop() == 0
+
+
+@pytest.mark.integration
+def test_the_default_level_shows_the_event_lines_and_d_the_dialog() -> None:
+    pytest.importorskip("prometheus_client")
+    with typed_smtpd(
+        "-n", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Sink", "--metrics", "127.0.0.1:0"
+    ) as server:
+        metrics = re.search(r"metrics at http://(127\.0\.0\.1:\d+)/metrics", server.banner)
+        assert metrics is not None, server.banner
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as client:
+            client.sendmail("anne@example.com", ["bart@example.com", "cate@example.com"], MESSAGE)
+            assert client.docmd("FROB")[0] == 500
+        url = f"http://{metrics.group(1)}/metrics"
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            text = response.read().decode()
+        assert "typed_smtpd_messages_accepted_total 1.0" in text
+        assert "typed_smtpd_recipients_total 2.0" in text
+        assert "typed_smtpd_commands_refused_total 1.0" in text
+        assert server.stop() == 0
+    events = re.findall(r" INFO mail\.log: [0-9A-F]{10} ([a-z-]+) ", server.err)
+    assert events == ["connect", "accepted", "reject", "disconnect"]
+    assert " >> " not in server.err  # commands only with -d
+    with typed_smtpd("-n", "-d", "-l", "127.0.0.1:0", "-c", "typed_smtpd.handlers.Sink") as chatty:
+        with smtplib.SMTP("127.0.0.1", chatty.port, timeout=WAIT) as client:
+            client.noop()
+        assert chatty.stop() == 0
+    assert re.search(r"DEBUG mail\.log: [0-9A-F]{10} >> noop", chatty.err)
+    assert re.search(r"DEBUG mail\.log: [0-9A-F]{10} << 250 OK", chatty.err)
+
+
+def test_metrics_needs_a_port(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_usage_error(capsys, ["--metrics", "127.0.0.1"], "give the port too: HOST:PORT")

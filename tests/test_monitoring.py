@@ -23,7 +23,7 @@ from typed_smtpd.session import AuthResult, Envelope, LoginPassword, Session
 from typed_smtpd.smtp import SMTP
 
 pytest.importorskip("prometheus_client")
-from typed_smtpd.metrics import serve_metrics  # noqa: E402
+from typed_smtpd.metrics import serve_metrics
 
 EVENT_LINE = re.compile(r"^(?P<sid>[0-9A-F]{10}) (?P<event>[a-z-]+)(?: (?P<fields>.*))?$")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 __all__ = [
     "HIGH_WATER",
     "READ_SIZE",
+    "TLS_HANDSHAKE_TIMEOUT",
     "ConnectionTracker",
+    "ImplicitTLS",
     "WriteBatch",
     "read_buffer",
     "thread_local",
@@ -39,6 +42,8 @@ READ_SIZE: Final = 1 << 18
 #: A receive buffer larger than this while user code runs (a slow hook, a streaming hook that
 #: does not read) pauses reading from the client: one read more is the most a connection holds.
 HIGH_WATER: Final = 1 << 18
+#: The longest a TLS handshake may take (after STARTTLS, or on an implicit-TLS port).
+TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 #: The transport's extra information copied into a TLS session's ``ssl`` record.
 _TLS_EXTRA: Final = ("sslcontext", "peercert", "cipher", "compression", "peername", "sockname")
 
@@ -64,14 +69,22 @@ class ConnectionTracker:
         self.clients: ClientTable = ClientTable(client_limits)
         self._connections: set[SMTP] = set()
         self._empty: asyncio.Event | None = None
+        #: Implicit-TLS connections whose handshake is under way (they count toward the cap).
+        self.handshaking: int = 0
 
     @property
     def count(self) -> int:
         """How many connections are open."""
         return len(self._connections)
 
+    @property
+    def full(self) -> bool:
+        """Whether the cap is reached (handshakes under way count)."""
+        cap = self.max_connections
+        return cap is not None and len(self._connections) + self.handshaking >= cap
+
     def _register(self, connection: SMTP) -> bool:
-        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+        if self.full:
             return False
         self._connections.add(connection)
         return True
@@ -96,6 +109,68 @@ class ConnectionTracker:
         for connection in list(self._connections):
             connection.abort()
         self._connections.clear()
+
+
+class ImplicitTLS(asyncio.Protocol):
+    """One connection to an implicit-TLS (SMTPS) port, until its TLS handshake is over.
+
+    The server listens in plain TCP and runs the handshake itself, so that a connection counts
+    toward the cap from its first moment (one past the cap is dropped before any handshake),
+    and the handshake is bounded by the server's own ``timeout`` (at most
+    :data:`TLS_HANDSHAKE_TIMEOUT`), not asyncio's 60 s. Then the :class:`SMTP` instance takes
+    over the TLS transport as its connection.
+    """
+
+    def __init__(self, smtp: SMTP, context: ssl.SSLContext) -> None:
+        self.smtp = smtp
+        self.context = context
+        self.transport: asyncio.BaseTransport | None = None
+        self.tracker = smtp.connection_tracker
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tracker = self.tracker
+        if tracker is not None and tracker.full:
+            peer = transport.get_extra_info("peername")
+            log.warning("%r refused before its TLS handshake: too many connections", peer)
+            tracker.stats.connections_refused += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.transport = transport
+        if tracker is not None:
+            tracker.handshaking += 1
+        asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        smtp = self.smtp
+        timeout = min(TLS_HANDSHAKE_TIMEOUT, smtp.limits.timeout)
+        try:
+            tls = await loop.start_tls(
+                transport,
+                smtp,
+                self.context,
+                server_side=True,
+                ssl_handshake_timeout=timeout,
+            )
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as error:
+            log.info("%r TLS handshake failed: %s", transport.get_extra_info("peername"), error)
+            if self.tracker is not None:
+                self.tracker.stats.tls_failures += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        finally:
+            if self.tracker is not None:
+                self.tracker.handshaking -= 1
+        if tls is None:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        smtp.connection_made(tls)
+
+    def data_received(self, data: bytes) -> None:
+        """Nothing is read before the handshake starts; what comes with it is TLS's."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The client left before (or during) the handshake: the task sees it."""
 
 
 class WriteBatch:

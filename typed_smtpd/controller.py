@@ -36,14 +36,16 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Final, Literal
 
 from typing_extensions import Self, Unpack
 
+from typed_smtpd._connections import ImplicitTLS
 from typed_smtpd.monitoring import ServerStats, StatsSnapshot
 from typed_smtpd.options import ControllerOptions, TCPControllerOptions
+from typed_smtpd.proto.clients import ClientLimits
 from typed_smtpd.smtp import SMTP, ConnectionTracker
 
 __all__ = [
@@ -94,7 +96,7 @@ _UNWIND_TIMEOUT: Final = 1.0  # cancelled tasks get this long to unwind before t
 # another process taking the port in between; a few fresh attempts make that practically moot.
 _PORT_PROBE_ATTEMPTS: Final = 5
 
-_ProtocolFactory = Callable[[], SMTP]
+_ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
 class IP6_IS:  # noqa: N801 (the aiosmtpd name)
@@ -192,9 +194,11 @@ async def _bind_inet(
     protocol_factory: _ProtocolFactory,
     hostname: str,
     port: int,
-    ssl_context: ssl.SSLContext | None,
 ) -> asyncio.Server:
-    """Listen on ``hostname:port``; with port 0, on one ephemeral port shared by all addresses."""
+    """Listen on ``hostname:port``; with port 0, on one ephemeral port shared by all addresses.
+
+    Always plain TCP: implicit TLS is the protocol factory's business (:class:`ImplicitTLS`).
+    """
     if port == 0:
         addresses = await _passive_addresses(loop, hostname)
         if len(addresses) > 1:
@@ -204,14 +208,12 @@ async def _bind_inet(
             while True:
                 candidate = _ephemeral_port(*addresses[0])
                 try:
-                    return await loop.create_server(
-                        protocol_factory, host=hostname, port=candidate, ssl=ssl_context
-                    )
+                    return await loop.create_server(protocol_factory, host=hostname, port=candidate)
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE or attempt >= _PORT_PROBE_ATTEMPTS:
                         raise
                 attempt += 1
-    return await loop.create_server(protocol_factory, host=hostname, port=port, ssl=ssl_context)
+    return await loop.create_server(protocol_factory, host=hostname, port=port)
 
 
 def _bound_port(server: asyncio.Server) -> int:
@@ -223,41 +225,95 @@ def _bound_port(server: asyncio.Server) -> int:
 _SocketIdentity = tuple[int, int]
 
 
+def _socket_mode(mode: int | None) -> int | None:
+    """Check a ``socket_mode`` argument: permission bits, as for :func:`os.chmod`."""
+    if mode is not None and not 0 <= mode <= 0o7777:
+        raise ValueError(f"socket_mode must be permission bits from 0 to 0o7777, not {mode:#o}")
+    return mode
+
+
+def _socket_group(group: str | int | None) -> int | None:
+    """The group id of a ``socket_group`` argument: a group name or a numeric id."""
+    if group is None or isinstance(group, int):
+        if group is not None and group < 0:
+            raise ValueError(f"socket_group must be a group name or id, not {group}")
+        return group
+    import grp  # Unix only, as Unix sockets are
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"socket_group: there is no group named {group!r}") from None
+
+
+def _set_socket_access(path: str, mode: int | None, gid: int | None) -> None:
+    """Give the socket file at ``path`` its group, then its mode (``None`` leaves either alone).
+
+    Clients need write permission on a socket file to connect. The group goes first: changing it
+    clears the set-group-id bit on some systems, and the mode must be the one asked for.
+    """
+    if path.startswith("\0"):  # Linux abstract namespace: there is no file
+        return
+    if gid is not None:
+        os.chown(path, -1, gid)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
 async def _bind_unix(
     loop: asyncio.AbstractEventLoop,
     protocol_factory: _ProtocolFactory,
     path: str,
-    ssl_context: ssl.SSLContext | None,
+    mode: int | None = None,
+    gid: int | None = None,
 ) -> tuple[asyncio.Server, _SocketIdentity | None]:
     """Listen on the Unix socket ``path``; also return the identity of the socket file created.
 
-    The identity (device and inode) lets :func:`_remove_socket_file` delete the file only if it is
-    still the one this server created, not a socket another server has put there since.
+    The file gets its group and mode before the socket listens, so that no client connects while
+    the file still has the permissions the umask gave it. The identity (device and inode) lets
+    :func:`_remove_socket_file` delete the file only if it is still the one this server created,
+    not a socket another server has put there since.
     """
-    server = await loop.create_unix_server(protocol_factory, path, ssl=ssl_context)
+    server = await loop.create_unix_server(protocol_factory, path, start_serving=False)
+    identity = _file_identity(path)
+    try:
+        _set_socket_access(path, mode, gid)
+        await server.start_serving()
+    except BaseException:
+        server.close()
+        _remove_socket_file(path, identity)
+        raise
+    return server, identity
+
+
+def _file_identity(path: str) -> _SocketIdentity | None:
+    """The device and inode of the socket file at ``path``; ``None`` if there is no file."""
     if path.startswith("\0"):  # Linux abstract namespace: there is no file
-        return server, None
+        return None
     try:
         info = os.stat(path)
     except OSError:
-        return server, None
-    return server, (info.st_dev, info.st_ino)
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _remove_socket_file(path: str, identity: _SocketIdentity | None) -> None:
     """Delete the socket file at ``path`` if it is still the one with ``identity``.
 
-    asyncio removes the file itself on Python 3.13 and later, so an absent file is normal.
+    asyncio removes the file itself on Python 3.13 and later, so an absent file is normal. A file
+    that cannot be removed (a server that gave up root no longer may write to the directory) is
+    logged and left; binding to the path again replaces it.
     """
     if identity is None:
         return
     try:
         info = os.stat(path)
+        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == identity:
+            os.unlink(path)
     except FileNotFoundError:
         return
-    if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == identity:
-        with suppress(FileNotFoundError):
-            os.unlink(path)
+    except OSError as exc:
+        log.warning("cannot remove the socket file %s: %s", path, exc.strerror or exc)
 
 
 async def _wait_closed(server: asyncio.Server) -> None:
@@ -303,6 +359,10 @@ class BaseController(ABC):
     :param server_kwargs: deprecated; keyword arguments for SMTP. The explicit keyword arguments
         win over the ones in this mapping.
     :param max_connections: concurrent connections accepted; ``None`` means no limit.
+    :param client_limits: limits per client address (concurrent and new connections, failed
+        AUTH attempts); ``None`` keeps the defaults of
+        :class:`~typed_smtpd.proto.clients.ClientLimits`;
+        :data:`~typed_smtpd.proto.clients.UNLIMITED` lifts them.
     :param grace_period: default seconds connections get to finish when the server stops.
     :param SMTP_parameters: keyword arguments for :class:`~typed_smtpd.smtp.SMTP` (or for your own
         :meth:`factory`), typed by :class:`~typed_smtpd.options.ControllerOptions`.
@@ -321,6 +381,9 @@ class BaseController(ABC):
     """Keyword arguments :meth:`factory` passes to :class:`~typed_smtpd.smtp.SMTP`."""
     max_connections: int | None
     """The connection cap given to each start's :class:`~typed_smtpd.smtp.ConnectionTracker`."""
+    client_limits: ClientLimits | None
+    """The limits per client address (``None``: the defaults of
+    :class:`~typed_smtpd.proto.clients.ClientLimits`)."""
     grace_period: float
     """Default seconds in-flight connections get to finish when the server stops."""
     server: asyncio.Server | None
@@ -338,6 +401,7 @@ class BaseController(ABC):
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
@@ -350,6 +414,7 @@ class BaseController(ABC):
         self.loop = asyncio.new_event_loop() if loop is None else loop
         self.ssl_context = ssl_context
         self.max_connections = max_connections
+        self.client_limits = client_limits
         self.grace_period = grace_period
         kwargs: dict[str, Any] = {}
         if server_kwargs is not None:
@@ -385,11 +450,20 @@ class BaseController(ABC):
         """
         return SMTP(self.handler, **self.SMTP_kwargs)
 
-    def _factory_invoker(self) -> SMTP:
-        """The protocol factory given to asyncio: :meth:`factory` plus the shared tracker."""
-        smtpd = self.factory()
+    def _factory_invoker(self) -> asyncio.BaseProtocol:
+        """The protocol factory given to asyncio: :meth:`factory` plus the shared tracker; with
+        implicit TLS, the server runs the handshake itself (bounded by ``timeout``, counted by
+        the connection cap) before the instance gets the connection."""
+        try:
+            smtpd = self.factory()
+        except Exception:
+            # asyncio only drops the connection; without this line nobody would know why.
+            log.exception("cannot create the protocol for a new connection; it is closed")
+            raise
         smtpd.connection_tracker = self._tracker
         self.smtpd = smtpd
+        if self.ssl_context is not None:
+            return ImplicitTLS(smtpd, self.ssl_context)
         return smtpd
 
     @abstractmethod
@@ -413,7 +487,9 @@ class BaseController(ABC):
         # brings its own.
         checked = self.factory()
         self.smtpd = None
-        self._tracker = checked.connection_tracker = ConnectionTracker(self.max_connections)
+        self._tracker = checked.connection_tracker = ConnectionTracker(
+            self.max_connections, client_limits=self.client_limits
+        )
         self._stats = self._tracker.stats
         self.server = await self._create_server()
         if self.smtpd is None:
@@ -474,6 +550,7 @@ class BaseThreadedController(BaseController, ABC):
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
@@ -484,6 +561,7 @@ class BaseThreadedController(BaseController, ABC):
             server_hostname=server_hostname,
             server_kwargs=server_kwargs,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
@@ -623,6 +701,7 @@ class BaseUnthreadedController(BaseController, ABC):
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
@@ -633,6 +712,7 @@ class BaseUnthreadedController(BaseController, ABC):
             server_hostname=server_hostname,
             server_kwargs=server_kwargs,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
@@ -719,9 +799,7 @@ class _TCPListener(BaseController):
 
     async def _create_server(self) -> asyncio.Server:
         """Listen on :attr:`hostname` and :attr:`port`; record the bound port."""
-        server = await _bind_inet(
-            self.loop, self._factory_invoker, self.hostname, self.port, self.ssl_context
-        )
+        server = await _bind_inet(self.loop, self._factory_invoker, self.hostname, self.port)
         self.port = _bound_port(server)
         return server
 
@@ -730,12 +808,18 @@ class _UnixListener(BaseController):
     """Where the Unix socket controllers listen: :attr:`unix_socket` (no ``__init__``)."""
 
     unix_socket: str
+    socket_mode: int | None
+    socket_group: int | None
     _socket_identity: _SocketIdentity | None
 
     async def _create_server(self) -> asyncio.Server:
-        """Listen on :attr:`unix_socket`."""
+        """Listen on :attr:`unix_socket`, with the file's group and mode set first."""
         server, self._socket_identity = await _bind_unix(
-            self.loop, self._factory_invoker, self.unix_socket, self.ssl_context
+            self.loop,
+            self._factory_invoker,
+            self.unix_socket,
+            self.socket_mode,
+            self.socket_group,
         )
         return server
 
@@ -774,6 +858,7 @@ class Controller(_TCPListener, BaseThreadedController):
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[TCPControllerOptions],
     ) -> None:
@@ -785,6 +870,7 @@ class Controller(_TCPListener, BaseThreadedController):
             server_hostname=server_hostname,
             server_kwargs=server_kwargs,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
@@ -797,12 +883,20 @@ class UnixSocketController(_UnixListener, BaseThreadedController):
 
     :param unix_socket: the socket file's path (mind the OS limit of about 104 to 108 bytes).
         The file is removed when the controller stops.
+    :param socket_mode: the socket file's permission bits, such as ``0o660``; ``None`` keeps
+        what the process umask gives. A client needs write permission to connect.
+    :param socket_group: the socket file's group, a name or a numeric id; ``None`` keeps the
+        process's group. Changing it to a group the process is not a member of needs root.
 
     The other parameters are those of :class:`BaseThreadedController`.
     """
 
     unix_socket: str
     """The socket file's path, as a string."""
+    socket_mode: int | None
+    """The permission bits the socket file gets, or ``None``."""
+    socket_group: int | None
+    """The id of the group the socket file gets, or ``None``."""
 
     def __init__(
         self,
@@ -810,14 +904,18 @@ class UnixSocketController(_UnixListener, BaseThreadedController):
         unix_socket: str | os.PathLike[str],
         loop: asyncio.AbstractEventLoop | None = None,
         *,
+        socket_mode: int | None = None,
+        socket_group: str | int | None = None,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
+        mode, gid = _socket_mode(socket_mode), _socket_group(socket_group)
         super().__init__(
             handler,
             loop,
@@ -826,10 +924,13 @@ class UnixSocketController(_UnixListener, BaseThreadedController):
             server_hostname=server_hostname,
             server_kwargs=server_kwargs,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
         self.unix_socket = os.fspath(unix_socket)
+        self.socket_mode = mode
+        self.socket_group = gid
         self._socket_identity: _SocketIdentity | None = None
 
 
@@ -855,6 +956,7 @@ class UnthreadedController(_TCPListener, BaseUnthreadedController):
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[TCPControllerOptions],
     ) -> None:
@@ -865,6 +967,7 @@ class UnthreadedController(_TCPListener, BaseUnthreadedController):
             server_hostname=server_hostname,
             server_kwargs=server_kwargs,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
@@ -880,6 +983,10 @@ class UnixSocketUnthreadedController(_UnixListener, BaseUnthreadedController):
 
     unix_socket: str
     """The socket file's path, as a string."""
+    socket_mode: int | None
+    """The permission bits the socket file gets, or ``None``."""
+    socket_group: int | None
+    """The id of the group the socket file gets, or ``None``."""
 
     def __init__(
         self,
@@ -887,13 +994,17 @@ class UnixSocketUnthreadedController(_UnixListener, BaseUnthreadedController):
         unix_socket: str | os.PathLike[str],
         loop: asyncio.AbstractEventLoop | None = None,
         *,
+        socket_mode: int | None = None,
+        socket_group: str | int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         server_kwargs: Mapping[str, Any] | None = None,
         max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        client_limits: ClientLimits | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         **SMTP_parameters: Unpack[ControllerOptions],
     ) -> None:
+        mode, gid = _socket_mode(socket_mode), _socket_group(socket_group)
         super().__init__(
             handler,
             loop,
@@ -901,10 +1012,13 @@ class UnixSocketUnthreadedController(_UnixListener, BaseUnthreadedController):
             server_hostname=server_hostname,
             server_kwargs=server_kwargs,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
         self.unix_socket = os.fspath(unix_socket)
+        self.socket_mode = mode
+        self.socket_group = gid
         self._socket_identity: _SocketIdentity | None = None
 
 
@@ -922,10 +1036,13 @@ class _LoopController(BaseController):
         hostname: str | None,
         port: int,
         unix_socket: str | None,
+        socket_mode: int | None,
+        socket_group: int | None,
         server_class: Callable[..., SMTP],
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
         max_connections: int | None,
+        client_limits: ClientLimits | None,
         grace_period: float,
         **SMTP_parameters: Unpack[TCPControllerOptions],
     ) -> None:
@@ -935,6 +1052,7 @@ class _LoopController(BaseController):
             ssl_context=ssl_context,
             server_hostname=server_hostname,
             max_connections=max_connections,
+            client_limits=client_limits,
             grace_period=grace_period,
             **SMTP_parameters,
         )
@@ -944,6 +1062,8 @@ class _LoopController(BaseController):
         if unix_socket is None:
             self.hostname = get_localhost() if hostname is None else hostname
             self.port = port
+        self.socket_mode = socket_mode
+        self.socket_group = socket_group
         self._server_class = server_class
         self._socket_identity: _SocketIdentity | None = None
 
@@ -955,14 +1075,16 @@ class _LoopController(BaseController):
         """Listen where :func:`serve` was asked to."""
         if self.unix_socket is not None:
             server, self._socket_identity = await _bind_unix(
-                self.loop, self._factory_invoker, self.unix_socket, self.ssl_context
+                self.loop,
+                self._factory_invoker,
+                self.unix_socket,
+                self.socket_mode,
+                self.socket_group,
             )
             return server
         assert self.hostname is not None
         assert self.port is not None
-        server = await _bind_inet(
-            self.loop, self._factory_invoker, self.hostname, self.port, self.ssl_context
-        )
+        server = await _bind_inet(self.loop, self._factory_invoker, self.hostname, self.port)
         self.port = _bound_port(server)
         return server
 
@@ -1045,10 +1167,13 @@ async def serve(
     hostname: str | None = None,
     port: int = 8025,
     unix_socket: str | os.PathLike[str] | None = None,
+    socket_mode: int | None = None,
+    socket_group: str | int | None = None,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     server_class: Callable[..., SMTP] = SMTP,
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+    client_limits: ClientLimits | None = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
     **SMTP_parameters: Unpack[TCPControllerOptions],
 ) -> AsyncIterator[RunningServer]:
@@ -1063,12 +1188,17 @@ async def serve(
     :param hostname: TCP address as for :class:`Controller` (``None``: :func:`get_localhost`).
     :param port: TCP port; ``0`` picks a free one, then available as ``server.port``.
     :param unix_socket: listen on this Unix socket instead of TCP (do not pass ``hostname``).
+    :param socket_mode: the Unix socket file's permission bits, as for
+        :class:`UnixSocketController`.
+    :param socket_group: the Unix socket file's group, a name or an id, as for
+        :class:`UnixSocketController`.
     :param ssl_context: implicit TLS for every connection.
     :param server_hostname: the name the server announces (SMTP's ``hostname=``).
     :param server_class: :class:`~typed_smtpd.smtp.SMTP`, a subclass such as
         :class:`~typed_smtpd.lmtp.LMTP`, or any callable taking ``(handler, **SMTP_parameters)``
         and returning one.
     :param max_connections: concurrent connections accepted; ``None`` for no limit.
+    :param client_limits: limits per client address (``None``: the defaults).
     :param grace_period: seconds busy connections get to finish when the block is left.
     :param SMTP_parameters: keyword arguments for ``server_class``, typed by
         :class:`~typed_smtpd.options.TCPControllerOptions`; ``enable_SMTPUTF8`` defaults to
@@ -1079,16 +1209,22 @@ async def serve(
     """
     if unix_socket is not None and hostname is not None:
         raise ValueError("pass either hostname (TCP) or unix_socket, not both")
+    if unix_socket is None and (socket_mode is not None or socket_group is not None):
+        raise ValueError("socket_mode and socket_group apply to a unix_socket only")
+    mode, gid = _socket_mode(socket_mode), _socket_group(socket_group)
     controller = _LoopController(
         handler,
         asyncio.get_running_loop(),
         hostname=hostname,
         port=port,
         unix_socket=None if unix_socket is None else os.fspath(unix_socket),
+        socket_mode=mode,
+        socket_group=gid,
         server_class=server_class,
         ssl_context=ssl_context,
         server_hostname=server_hostname,
         max_connections=max_connections,
+        client_limits=client_limits,
         grace_period=grace_period,
         **SMTP_parameters,
     )

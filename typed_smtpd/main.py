@@ -10,9 +10,15 @@ that each run their own event loop and listen on the same port with ``SO_REUSEPO
 spreads connections among them), forwards SIGINT and SIGTERM to them, and reports a worker that
 dies.
 
-The order of start-up matters when started as root: TLS keys and the password file are read and
-the socket is bound first, then the process switches to the user ``nobody``, and only then is the
-handler built, so that files it creates (a Maildir) belong to the user that writes to them.
+The order of start-up matters when started as root. Everything that may need root is done first:
+TLS keys and the password file are read, the handler class is imported, the server's host name is
+looked up, and the socket is bound (a Unix socket file gets its mode and group). Then the process
+switches to the user ``nobody``, and only then is the handler built, so that files it creates (a
+Maildir) belong to the user that writes to them; a handler that cannot be built stops the server
+before it accepts a connection.
+
+Every mistake ends in one line on standard error: exit status 2 for a usage error, 1 for a server
+that cannot start. ``-ddd`` adds the traceback of an unexpected error.
 
 What must not live here: anything that speaks SMTP (that is :mod:`typed_smtpd.smtp`).
 """
@@ -26,6 +32,7 @@ import dataclasses
 import hashlib
 import hmac
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -35,6 +42,7 @@ import ssl
 import stat
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -42,7 +50,16 @@ from ipaddress import IPv6Address
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from typed_smtpd._connections import ImplicitTLS
 from typed_smtpd._version import __version__
+from typed_smtpd.controller import (
+    DEFAULT_MAX_CONNECTIONS,
+    _file_identity,
+    _remove_socket_file,
+    _set_socket_access,
+    _socket_group,
+)
+from typed_smtpd.proto.limits import DATA_TIMEOUT
 from typed_smtpd.session import AuthResult, LoginPassword
 
 if TYPE_CHECKING:
@@ -87,6 +104,11 @@ _WORKERS_SUPPORTED: Final = sys.platform.startswith("linux") and hasattr(socket,
 #: ``prctl`` option asking the kernel to signal a process when its parent dies (linux/prctl.h).
 _PR_SET_PDEATHSIG: Final = 1
 
+#: The warning SMTP gives for AUTH without TLS; the command line gives its own, once, instead.
+_AUTH_IN_CLEAR_WARNING: Final = "auth_required=True with auth_require_tls=False"
+#: The debug level (``-ddd``) at which an unexpected error shows its traceback.
+_TRACEBACK_LEVEL: Final = 3
+
 _PORT: Final = re.compile(r"[0-9]{1,5}")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -111,8 +133,9 @@ examples:
   {PROG} -l 0.0.0.0:587 --tlscert cert.pem --tlskey key.pem --auth-file users.txt \\
       -c typed_smtpd.handlers.Proxy smtp.example.com 25
       a submission server: STARTTLS, then AUTH, relaying to smtp.example.com
-  {PROG} -n --lmtp --unix-socket /run/lmtp.sock -c typed_smtpd.handlers.Mailbox /srv/mail
-      an LMTP server on a Unix socket
+  {PROG} -n --lmtp --unix-socket /run/lmtp.sock --socket-mode 0660 \\
+      -c typed_smtpd.handlers.Mailbox /srv/mail
+      an LMTP server on a Unix socket that the socket file's group may use
   {PROG} -l 0.0.0.0:25 --workers 4 --uvloop -c typed_smtpd.handlers.Mailbox /srv/mail
       four processes sharing port 25, each on uvloop's event loop
 
@@ -190,24 +213,77 @@ def _listen_type(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _metrics_type(value: str) -> tuple[str, int]:
+    try:
+        host, port = parse_listen(value, default_port=-1)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if port < 0:
+        raise argparse.ArgumentTypeError(
+            f"give the port too: HOST:PORT, such as 127.0.0.1:9101 (not {value!r})"
+        )
+    return host, port
+
+
+def _metrics_address(
+    parser: argparse.ArgumentParser, address: tuple[str, int] | None
+) -> tuple[str, int] | None:
+    if address is None:
+        return None
+    try:
+        importlib.import_module("prometheus_client")
+    except ImportError:
+        parser.error(
+            "--metrics needs prometheus-client, which is not installed: "
+            "pip install 'typed-smtpd[metrics]'"
+        )
+    return address
+
+
 def _non_negative_int(value: str) -> int:
     if not value.isascii() or not value.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value!r}")
     return int(value)
 
 
-def _positive_int(value: str) -> int:
-    number = _non_negative_int(value)
-    if number == 0:
-        raise argparse.ArgumentTypeError("expected a whole number >= 1, not 0")
-    return number
+def _connection_cap(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 0 (0: no limit), not {value!r}"
+        )
+    return int(value)
 
 
 def _worker_count(value: str) -> int:
-    number = _positive_int(value)
-    if number > MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_WORKERS} workers, not {number}")
-    return number
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_WORKERS}, not {value!r}"
+        )
+    return int(value)
+
+
+def _file_mode(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not value.isascii() or not 0 <= mode <= 0o7777:
+        raise argparse.ArgumentTypeError(
+            f"expected permission bits in octal, such as 0660, not {value!r}"
+        )
+    return mode
+
+
+def _group(value: str) -> int:
+    if value.isascii() and value.isdigit():
+        return int(value)
+    try:
+        gid = _socket_group(value)
+    except (ValueError, ImportError):
+        gid = None
+    if gid is None:
+        raise argparse.ArgumentTypeError(f"there is no group named {value!r} on this system")
+    return gid
 
 
 def _positive_float(value: str) -> float:
@@ -290,9 +366,17 @@ class FileAuthenticator:
 # --- the parser ----------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error reported in one line that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the command line."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=_DESCRIPTION,
         epilog=_EPILOG,
@@ -329,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug",
         action="count",
         default=0,
-        help="log more: -d informational, -dd debug, -ddd asyncio's debug mode too",
+        help="log more: the default shows one line per event (connections, messages, AUTH, "
+        "refusals); -d adds each command and reply, -dd asyncio's debug mode, -ddd the "
+        "traceback of an unexpected error",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -341,6 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
     where.add_argument("--unix-socket", metavar="PATH", help="listen on a Unix socket instead")
+    add(
+        "--socket-mode",
+        type=_file_mode,
+        metavar="MODE",
+        help="the Unix socket file's permissions in octal, such as 0660 (clients need write "
+        "permission; default: what the umask gives)",
+    )
+    add(
+        "--socket-group",
+        type=_group,
+        metavar="GROUP",
+        help="the Unix socket file's group, a name or a number (default: the server's group)",
+    )
     add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
     add(
         "--hostname",
@@ -357,10 +456,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"disconnect a client that stays silent this long (default: {DEFAULT_TIMEOUT:g})",
     )
     add(
+        "--data-timeout",
+        type=_positive_float,
+        default=DATA_TIMEOUT,
+        metavar="SECONDS",
+        help="disconnect a client whose message (DATA or BDAT) takes longer than this "
+        f"(default: {DATA_TIMEOUT:g})",
+    )
+    add(
         "--max-connections",
-        type=_positive_int,
+        type=_connection_cap,
+        default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
-        help="clients served at once; more are told 421 (default: no limit)",
+        help="clients served at once; more are told 421; 0 for no limit "
+        f"(default: {DEFAULT_MAX_CONNECTIONS:,})",
     )
     add(
         "--decode-data",
@@ -372,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help="expect a PROXY protocol header (v1 or v2) first, within SECONDS",
+    )
+    add(
+        "--metrics",
+        type=_metrics_type,
+        metavar="[HOST]:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (the metrics extra); with "
+        "--workers N, worker i serves them on PORT+i",
     )
     speed = parser.add_argument_group("speed")
     speed.add_argument(
@@ -431,6 +547,8 @@ class _Config:
     host: str
     port: int
     unix_socket: str | None
+    socket_mode: int | None
+    socket_group: int | None
     lmtp: bool
     setuid: bool
     debug: int
@@ -439,6 +557,7 @@ class _Config:
     uvloop: bool
     workers: int
     smtp: _SMTPOptions
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,11 +567,12 @@ class _SMTPOptions:
     data_size_limit: int | None
     enable_SMTPUTF8: bool
     decode_data: bool
-    hostname: str | None
+    hostname: str
     ident: str | None
     tls_context: ssl.SSLContext | None
     require_starttls: bool
     timeout: float
+    data_timeout: float
     auth_required: bool
     auth_require_tls: bool
     authenticator: FileAuthenticator | None
@@ -480,29 +600,70 @@ def _build_handler(
     path: str,
     args: Sequence[str],
 ) -> object:
+    """The handler; wrong arguments are a usage error, a failing constructor a start error."""
     from_cli = getattr(factory, "from_cli", None)
-    if callable(from_cli):
-        return from_cli(parser, *args)
-    if args:
-        parser.error(f"{path} takes no arguments (it has no from_cli classmethod)")
+    if not callable(from_cli):
+        if args:
+            parser.error(f"{path} takes no arguments (it has no from_cli classmethod)")
+        try:
+            inspect.signature(factory).bind()
+        except TypeError as error:
+            parser.error(f"cannot create {path} without arguments: {error}")
+        except ValueError:  # no signature to inspect (some built-in types): just try
+            pass
     try:
-        return factory()
-    except TypeError as error:
-        parser.error(f"cannot create {path} without arguments: {error}")
+        return from_cli(parser, *args) if callable(from_cli) else factory()
+    except Exception as error:
+        raise _StartError(f"cannot create the handler {path}: {_describe(error)}") from error
+
+
+def _describe(error: BaseException) -> str:
+    """An exception in a few words: an OSError's reason and file, else its text and class."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror}"
+    text = str(error)
+    return f"{text} ({type(error).__name__})" if text else type(error).__name__
+
+
+def _no_passphrase() -> bytes:
+    """The password callback of ``load_cert_chain``: there is no one to ask for a passphrase."""
+    raise ValueError("the key is encrypted; give a key without a passphrase")
+
+
+def _read_pem(parser: argparse.ArgumentParser, flag: str, path: str, marker: bytes) -> None:
+    """Check that ``path`` is a readable file holding a PEM block of the kind ``marker`` names."""
+    try:
+        with open(path, "rb") as file:
+            content = file.read()
+    except OSError as error:
+        parser.error(f"{flag} {path}: {error.strerror or error}")
+    if marker not in content:
+        kind = "certificate" if flag.endswith("cert") else "private key"
+        parser.error(f"{flag} {path}: no PEM {kind} in this file")
 
 
 def _tls_context(
-    parser: argparse.ArgumentParser, cert: str | None, key: str | None, flags: str
+    parser: argparse.ArgumentParser, cert: str | None, key: str | None, prefix: str
 ) -> ssl.SSLContext | None:
+    """The TLS context of ``--PREFIXcert`` and ``--PREFIXkey``, each file checked by name."""
+    cert_flag, key_flag = f"--{prefix}cert", f"--{prefix}key"
     if cert is None and key is None:
         return None
     if cert is None or key is None:
-        parser.error(f"{flags} must be given together")
+        parser.error(f"{cert_flag} and {key_flag} must be given together")
+    _read_pem(parser, cert_flag, cert, b"-----BEGIN CERTIFICATE-----")
+    _read_pem(parser, key_flag, key, b"PRIVATE KEY-----")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except ValueError as error:
+        parser.error(f"{key_flag} {key}: {error}")
     except (OSError, ssl.SSLError) as error:
-        parser.error(f"cannot load the certificate {cert} with the key {key}: {error}")
+        reason = getattr(error, "reason", None) or str(error)
+        if reason == "KEY_VALUES_MISMATCH":
+            parser.error(f"{key_flag} {key}: this key does not belong to the certificate {cert}")
+        parser.error(f"cannot use the certificate {cert} with the key {key}: {reason}")
     return context
 
 
@@ -511,8 +672,8 @@ def _warn(message: str) -> None:
 
 
 def _configure(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> _Config:
-    smtps = _tls_context(parser, ns.smtpscert, ns.smtpskey, "--smtpscert and --smtpskey")
-    starttls = _tls_context(parser, ns.tlscert, ns.tlskey, "--tlscert and --tlskey")
+    smtps = _tls_context(parser, ns.smtpscert, ns.smtpskey, "smtps")
+    starttls = _tls_context(parser, ns.tlscert, ns.tlskey, "tls")
     if smtps is not None and starttls is not None:
         parser.error("choose implicit TLS (--smtpscert) or STARTTLS (--tlscert), not both")
     authenticator = None
@@ -526,6 +687,10 @@ def _configure(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> _Conf
             _warn(f"{ns.auth_file} can be read by other users")
         if smtps is None and starttls is None:
             _warn("AUTH is offered without TLS: passwords will cross the network in clear")
+            # The server's own warning says the same again, from each protocol instance.
+            warnings.filterwarnings("ignore", re.escape(_AUTH_IN_CLEAR_WARNING), UserWarning)
+    if ns.unix_socket is None and (ns.socket_mode is not None or ns.socket_group is not None):
+        parser.error("--socket-mode and --socket-group need --unix-socket")
     if ns.workers > 1:
         if ns.unix_socket is not None:
             parser.error(
@@ -541,29 +706,36 @@ def _configure(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> _Conf
                 "--uvloop needs uvloop, which is not installed: pip install 'typed-smtpd[speed]'"
             )
     host, port = ns.listen if ns.listen is not None else (DEFAULT_HOST, DEFAULT_PORT)
+    handler_factory = _load_handler_factory(parser, ns.classpath)
     return _Config(
-        handler_factory=_load_handler_factory(parser, ns.classpath),
+        handler_factory=handler_factory,
         handler_path=ns.classpath,
         handler_args=tuple(ns.classargs),
         host=host,
         port=port,
         unix_socket=ns.unix_socket,
+        socket_mode=ns.socket_mode,
+        socket_group=ns.socket_group,
         lmtp=ns.lmtp,
         setuid=ns.setuid,
         debug=ns.debug,
         ssl_context=smtps,
-        max_connections=ns.max_connections,
+        max_connections=ns.max_connections or None,
         uvloop=ns.uvloop,
         workers=ns.workers,
+        metrics=_metrics_address(parser, ns.metrics),
         smtp=_SMTPOptions(
             data_size_limit=ns.size or None,
             enable_SMTPUTF8=ns.smtputf8,
             decode_data=ns.decode_data,
-            hostname=ns.hostname,
+            # Looked up now, while the lookup still has every privilege it may need: the
+            # library would look it up at the first connection, after the switch to "nobody".
+            hostname=socket.getfqdn() if ns.hostname is None else ns.hostname,
             ident=ns.ident,
             tls_context=starttls,
             require_starttls=starttls is not None and ns.requiretls,
             timeout=ns.timeout,
+            data_timeout=ns.data_timeout,
             auth_required=authenticator is not None,
             # Under TLS, AUTH waits for it; with no TLS at all there is nothing to wait for.
             auth_require_tls=authenticator is None or smtps is not None or starttls is not None,
@@ -590,10 +762,26 @@ class _ProtocolFactory:
     options: _SMTPOptions
     tracker: ConnectionTracker
     handler: object = None
+    #: Implicit TLS: the server runs each connection's handshake itself (bounded, and counted
+    #: by the connection cap) before the protocol instance gets the connection.
+    implicit_tls: ssl.SSLContext | None = None
 
-    def __call__(self) -> SMTP:
+    def __call__(self) -> asyncio.BaseProtocol:
+        try:
+            protocol = self.build()
+        except Exception:
+            # asyncio only drops the connection; without this line nobody would know why.
+            log.exception("cannot create the protocol for a new connection; it is closed")
+            raise
+        protocol.connection_tracker = self.tracker
+        if self.implicit_tls is not None:
+            return ImplicitTLS(protocol, self.implicit_tls)
+        return protocol
+
+    def build(self) -> SMTP:
+        """One protocol instance, without the tracker (the start-up check uses it too)."""
         o = self.options
-        protocol = self.server_class(
+        return self.server_class(
             self.handler,
             data_size_limit=o.data_size_limit,
             enable_SMTPUTF8=o.enable_SMTPUTF8,
@@ -603,14 +791,32 @@ class _ProtocolFactory:
             tls_context=o.tls_context,
             require_starttls=o.require_starttls,
             timeout=o.timeout,
+            data_timeout=o.data_timeout,
             auth_required=o.auth_required,
             auth_require_tls=o.auth_require_tls,
             auth_exclude_mechanism=o.auth_exclude_mechanism,
             authenticator=o.authenticator,
             proxy_protocol_timeout=o.proxy_protocol_timeout,
         )
-        protocol.connection_tracker = self.tracker
-        return protocol
+
+
+def _serve_metrics(
+    config: _Config, tracker: ConnectionTracker, worker: _WorkerLink | None
+) -> tuple[Any, tuple[str, int]] | None:
+    """Serve the server's counters to Prometheus if ``--metrics`` asked for it: the HTTP server
+    and where it listens. Worker ``i`` of ``--workers`` listens on the port plus ``i - 1``."""
+    if config.metrics is None:
+        return None
+    from typed_smtpd.metrics import serve_metrics
+
+    host, port = config.metrics
+    if worker is not None and port:
+        port += worker.number - 1
+    try:
+        http, bound = serve_metrics(tracker.stats.snapshot, host, port)
+    except OSError as error:
+        raise _StartError(f"cannot serve metrics on {host}:{port}: {_reason(error)}") from None
+    return http, (host, bound)
 
 
 def _switch_to_nobody() -> None:
@@ -642,27 +848,6 @@ def _where(config: _Config) -> str:
     return _format_address((config.host, config.port))
 
 
-def _socket_identity(path: str | None) -> tuple[int, int] | None:
-    """The device and inode of the Unix socket file just created at ``path``."""
-    if path is None or path.startswith("\0"):  # Linux's abstract namespace has no file
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def _remove_socket_file(path: str | None, identity: tuple[int, int] | None) -> None:
-    """Delete our Unix socket file, unless something else has taken its place meanwhile."""
-    if path is None or identity is None:
-        return
-    with suppress(OSError):
-        info = os.stat(path)
-        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == identity:
-            os.unlink(path)
-
-
 def _print_banner(where: str, description: str) -> None:
     """Say on standard error that the server is listening (the line scripts wait for)."""
     print(f"{PROG} {__version__} listening on {where} ({description})", file=sys.stderr, flush=True)
@@ -674,6 +859,8 @@ class _WorkerLink:
 
     supervisor: int
     ready: int
+    #: The worker's number, from 1.
+    number: int = 1
 
     def announce(self, where: str, description: str) -> None:
         """Tell the supervisor that this worker listens (instead of printing the banner)."""
@@ -700,24 +887,22 @@ async def _serve(
         server_class = LMTP
     loop = asyncio.get_running_loop()
     tracker = ConnectionTracker(config.max_connections)
-    factory = _ProtocolFactory(server_class, config.smtp, tracker)
+    factory = _ProtocolFactory(server_class, config.smtp, tracker, implicit_tls=config.ssl_context)
     try:
         if config.unix_socket is not None:
-            server = await loop.create_unix_server(
-                factory, config.unix_socket, ssl=config.ssl_context, start_serving=False
-            )
+            server = await loop.create_unix_server(factory, config.unix_socket, start_serving=False)
         else:
             server = await loop.create_server(
                 factory,
                 config.host,
                 config.port,
-                ssl=config.ssl_context,
                 reuse_port=worker is not None or None,
                 start_serving=False,
             )
     except OSError as error:
         raise _StartError(f"cannot listen on {_where(config)}: {_reason(error)}") from None
-    socket_file = _socket_identity(config.unix_socket)
+    socket_file = None if config.unix_socket is None else _file_identity(config.unix_socket)
+    metrics: tuple[Any, tuple[str, int]] | None = None
     stop = asyncio.Event()
     force = asyncio.Event()
 
@@ -727,6 +912,14 @@ async def _serve(
     signals = (signal.SIGINT, signal.SIGTERM) if worker is None else (signal.SIGTERM,)
     announce = _print_banner if worker is None else worker.announce
     try:
+        metrics = _serve_metrics(config, tracker, worker)  # before privileges are dropped
+        if config.unix_socket is not None:
+            try:
+                _set_socket_access(config.unix_socket, config.socket_mode, config.socket_group)
+            except OSError as error:
+                raise _StartError(
+                    f"cannot set the mode or group of {config.unix_socket}: {_reason(error)}"
+                ) from None
         if config.setuid and hasattr(os, "geteuid") and os.geteuid() == 0:
             _switch_to_nobody()
             if worker is not None and not _die_with_supervisor(worker.supervisor):
@@ -739,6 +932,12 @@ async def _serve(
         provider = getattr(factory.handler, "server_class_for", None)
         if callable(provider):
             factory.server_class = provider(factory.server_class)
+        try:
+            factory.build()  # a hook of the wrong shape fails here, not at every connection
+        except Exception as error:
+            raise _StartError(
+                f"cannot serve with the handler {config.handler_path}: {_describe(error)}"
+            ) from error
         for signum in signals:
             with suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt
                 loop.add_signal_handler(signum, on_signal)
@@ -753,6 +952,7 @@ async def _serve(
             ("uvloop, " if type(loop).__module__.partition(".")[0] == "uvloop" else "")
             + ("LMTP, " if config.lmtp else "")
             + ("implicit TLS, " if config.ssl_context else "")
+            + (f"metrics at http://{_format_address(metrics[1])}/metrics, " if metrics else "")
         )
         announce(where, f"{details}handler {handler_class.__module__}.{handler_class.__qualname__}")
         await stop.wait()
@@ -774,12 +974,18 @@ async def _serve(
         for signum in signals:
             with suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
+        if metrics is not None:
+            metrics[0].shutdown()
         server.close()
-        _remove_socket_file(config.unix_socket, socket_file)
+        if config.unix_socket is not None:
+            _remove_socket_file(config.unix_socket, socket_file)
 
 
 def _reason(error: OSError) -> str:
     """Why a bind failed, plainly: asyncio wraps the reason in a sentence of its own."""
+    if isinstance(error, socket.gaierror):
+        # Its errno is the resolver's (EAI_*), which os.strerror() does not know.
+        return f"the name does not resolve ({error.strerror}); give an address of this machine"
     return os.strerror(error.errno) if error.errno else str(error)
 
 
@@ -787,9 +993,9 @@ def _run(main: Coroutine[Any, Any, None], config: _Config) -> None:
     """Run ``main`` to completion on asyncio's event loop, or on uvloop's with ``--uvloop``."""
     if config.uvloop:
         # Imported by name: uvloop is an optional dependency, absent where type checks run.
-        importlib.import_module("uvloop").run(main, debug=config.debug >= 3)
+        importlib.import_module("uvloop").run(main, debug=config.debug >= 2)
     else:
-        asyncio.run(main, debug=config.debug >= 3)
+        asyncio.run(main, debug=config.debug >= 2)
 
 
 # --- worker processes ----------------------------------------------------------------------------
@@ -811,7 +1017,7 @@ def _reserve(config: _Config) -> list[socket.socket]:
             flags=socket.AI_PASSIVE,
         )
     except socket.gaierror as error:
-        raise _StartError(f"cannot listen on {where}: {error.strerror}") from None
+        raise _StartError(f"cannot listen on {where}: {_reason(error)}") from None
     port = config.port
     reserved: list[socket.socket] = []
     seen: set[tuple[int, object]] = set()
@@ -943,7 +1149,7 @@ class _Supervisor:
             return None
         if pid == 0:
             os.close(read_end)
-            self._work(write_end)
+            self._work(write_end, number)
         self.workers[pid] = number
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_end)
@@ -965,7 +1171,7 @@ class _Supervisor:
         self.status = self.status or (code if code > 0 else 1)
         return None
 
-    def _work(self, ready: int) -> NoReturn:
+    def _work(self, ready: int, number: int) -> NoReturn:
         """The worker process: serve until SIGTERM, then exit (never returns to the caller)."""
         code = 1
         try:
@@ -973,14 +1179,14 @@ class _Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             for sock in self.reserved:
                 sock.close()
-            link = _WorkerLink(supervisor=os.getppid(), ready=ready)
+            link = _WorkerLink(supervisor=os.getppid(), ready=ready, number=number)
             if _die_with_supervisor(link.supervisor):
                 _run(_serve(self.parser, self.config, link), self.config)
             code = 0
-        except _StartError as error:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
         except SystemExit as exit_:  # parser.error from a handler's from_cli, say
             code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+        except Exception as error:
+            _report(error, self.config.debug)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -1022,7 +1228,7 @@ class _Supervisor:
 
 def _configure_logging(level: int) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if level >= 2 else logging.INFO if level == 1 else logging.WARNING,
+        level=logging.DEBUG if level >= 1 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -1044,8 +1250,22 @@ def main(args: Sequence[str] | None = None) -> int:
             return _Supervisor(parser, config).run()
         _run(_serve(parser, config), config)
     except _StartError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+        _report(error, config.debug)
         return 1
     except KeyboardInterrupt:  # only where signal handlers cannot be installed
         pass
+    except Exception as error:
+        _report(error, config.debug)
+        return 1
     return 0
+
+
+def _report(error: Exception, debug: int) -> None:
+    """One line on standard error for a server that cannot go on; with ``-ddd``, the traceback."""
+    if debug >= _TRACEBACK_LEVEL:
+        traceback.print_exception(error.__cause__ or error, file=sys.stderr)
+    if isinstance(error, _StartError):
+        message = str(error)
+    else:
+        message = f"unexpected error: {_describe(error)} (-ddd shows where)"
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)

@@ -26,10 +26,10 @@ try:
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
-except ImportError as missing:  # pragma: no cover - exercised by hiding the package in a test
+except ImportError as _missing:  # pragma: no cover - exercised by hiding the package in a test
     raise ImportError(
         "typed_smtpd.metrics needs prometheus_client: pip install typed-smtpd[metrics]"
-    ) from missing
+    ) from _missing
 
 __all__ = ["COUNTERS", "StatsCollector", "register", "serve_metrics"]
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from typed_smtpd._connections import (
     HIGH_WATER,
+    TLS_HANDSHAKE_TIMEOUT,
     ConnectionTracker,
     read_buffer,
     tls_info,
@@ -103,7 +104,6 @@ __all__ = [
 log: logging.Logger = logging.getLogger("mail.log")
 
 __ident__: Final = IDENT
-_TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 #: Seconds a closed connection's last replies get to reach a client that is not reading.
 CLOSE_GRACE: Final = 2.0
 
@@ -666,7 +666,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
                 self,
                 self.tls_context,
                 server_side=True,
-                ssl_handshake_timeout=min(_TLS_HANDSHAKE_TIMEOUT, self.limits.timeout),
+                ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, self.limits.timeout),
             )
         except BaseException as error:  # CancelledError too: the timer may cut the handshake
             if not isinstance(error, asyncio.CancelledError):

@@ -234,7 +234,7 @@ class RecordingHandler:
             _forward_hooks(self, handler, skip=("handle_DATA", "handle_DATA_recipient"))
         streaming = self.__dict__.get("handle_DATA_stream")
         if streaming is not None:
-            self.handle_DATA_stream = self._recording(streaming)
+            self.handle_DATA_stream: Callable[..., Awaitable[object]] = self._recording(streaming)
 
     def _recording(
         self, hook: Callable[..., Awaitable[object]]
