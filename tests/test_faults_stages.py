@@ -11,7 +11,6 @@ without a fault.
 from __future__ import annotations
 
 import asyncio
-import logging
 import smtplib
 
 import pytest
@@ -29,7 +28,7 @@ from typed_smtpd.testing import (
     Stage,
     parse_rule,
 )
-from typed_smtpd.testing.handlers import HOOK_STAGES, MISCONFIGURED_FAULTS
+from typed_smtpd.testing.handlers import HOOK_STAGES
 
 MESSAGE = (
     b"From: a@client.test\r\nTo: b@server.test\r\nSubject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 50
@@ -57,20 +56,17 @@ def test_an_injector_knows_when_it_needs_its_server_class(stage: Stage) -> None:
 # --- a plain controller ---------------------------------------------------------------------------
 
 
-def test_a_plain_controller_refuses_rather_than_ignoring_a_data_rule(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_a_plain_controller_serves_every_stage() -> None:
     injector = FaultInjector(["data/1=drop"])
-    with (
-        Controller(injector, hostname="127.0.0.1", port=0) as controller,
-        smtplib.SMTP("127.0.0.1", controller.port, timeout=5) as client,
-    ):
-        code, text = client.ehlo()
-    assert code == MISCONFIGURED_FAULTS.code
-    assert text.decode() == f"{MISCONFIGURED_FAULTS.enhanced} {MISCONFIGURED_FAULTS.text}"
-    assert "server_class_for()" in caplog.text
-    assert "data stage" in caplog.text
-    assert injector.events == []
+    with Controller(injector, hostname="127.0.0.1", port=0) as controller:
+        client = smtplib.SMTP("127.0.0.1", controller.port, timeout=5)
+        try:
+            client.ehlo()
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.sendmail("a@client.test", ["b@server.test"], MESSAGE)
+        finally:
+            client.close()
+    assert injector.events
 
 
 def test_a_plain_controller_serves_hook_stage_rules() -> None:
@@ -104,16 +100,17 @@ async def test_serve_with_the_injectors_server_class_drops_mid_upload() -> None:
 
 
 @pytest.mark.asyncio
-async def test_serve_with_a_plain_class_refuses(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR)
-    async with serve(FaultInjector(["auth=535"]), hostname="127.0.0.1", port=0) as server:
+async def test_serve_serves_every_stage() -> None:
+    async with serve(
+        FaultInjector(["auth=535"]), hostname="127.0.0.1", port=0, auth_require_tls=False
+    ) as server:
 
-        def ehlo() -> int:
+        def auth() -> int:
             with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as client:
-                return client.ehlo()[0]
+                client.ehlo()
+                return client.docmd("AUTH", "PLAIN AGFubmUAcGFzcw==")[0]
 
-        assert await asyncio.to_thread(ehlo) == 421
-    assert "auth stage" in caplog.text
+        assert await asyncio.to_thread(auth) == 535
 
 
 # --- the drop in the middle of an upload ----------------------------------------------------------

@@ -216,6 +216,13 @@ async def _bind_inet(
     return await loop.create_server(protocol_factory, host=hostname, port=port)
 
 
+def _server_class(handler: object, base: Callable[..., SMTP]) -> Callable[..., SMTP]:
+    """``base``, or the server class the handler asks for with ``server_class_for(base)``: the
+    fault injector's connect, greeting, STARTTLS, AUTH, DATA and BDAT stages live there."""
+    provider = getattr(handler, "server_class_for", None)
+    return provider(base) if callable(provider) else base
+
+
 def _bound_port(server: asyncio.Server) -> int:
     """The TCP port ``server`` listens on."""
     port: int = server.sockets[0].getsockname()[1]
@@ -448,7 +455,7 @@ class BaseController(ABC):
         once when the server starts, to check that it works (that instance becomes :attr:`smtpd`
         but never sees a connection), and then once per accepted connection.
         """
-        return SMTP(self.handler, **self.SMTP_kwargs)
+        return _server_class(self.handler, SMTP)(self.handler, **self.SMTP_kwargs)
 
     def _factory_invoker(self) -> asyncio.BaseProtocol:
         """The protocol factory given to asyncio: :meth:`factory` plus the shared tracker; with
@@ -1069,7 +1076,7 @@ class _LoopController(BaseController):
 
     def factory(self) -> SMTP:
         """An instance of the ``server_class`` given to :func:`serve`."""
-        return self._server_class(self.handler, **self.SMTP_kwargs)
+        return _server_class(self.handler, self._server_class)(self.handler, **self.SMTP_kwargs)
 
     async def _create_server(self) -> asyncio.Server:
         """Listen where :func:`serve` was asked to."""
