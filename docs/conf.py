@@ -123,7 +123,12 @@ REFERENCE_MODULES = (
     "typed_smtpd.proto.engine",
     "typed_smtpd.proto.auth",
     "typed_smtpd.proto.replies",
+    "typed_smtpd.proto.stream",
+    "typed_smtpd.proto.monitor",
+    "typed_smtpd.proto.clients",
     "typed_smtpd.testing",
+    "typed_smtpd.testing.intercept",
+    "typed_smtpd.testing.strategies",
 )
 
 
