@@ -58,8 +58,8 @@ class MessageStream:
 
     The pieces are dot-unstuffed, with the server's bare CR / LF / NUL policy and line length
     limit applied exactly as for buffered content; joined, they are the bytes ``handle_DATA``
-    would find in ``envelope.original_content`` (BDAT: every chunk, in order). A piece is never
-    empty, and never ends in the middle of a CRLF.
+    would find in ``envelope.original_content`` (BDAT: every chunk, in order). A piece holds at
+    least 64 KiB but the last, is never empty, and never ends in the middle of a CRLF.
 
     Iterating raises a :class:`StreamError` when the message will not be delivered:
     :class:`MessageTooLarge` past the size limit, :class:`MessageRefused` for content the
