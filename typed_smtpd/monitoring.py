@@ -170,9 +170,9 @@ class ConnectionMonitor:
         "_counted",
         "_messages",
         "_open",
+        "_sequence",
         "_started",
         "engine",
-        "id",
         "stats",
     )
 
@@ -185,14 +185,19 @@ class ConnectionMonitor:
         self.stats: ServerStats = stats
         self._clients = clients
         self._counted: str | None = None  # the address counted in the client table
-        #: The session id that starts each of this connection's log lines.
-        self.id: str = f"{_PROCESS}{next(_SEQUENCE):06X}"
+        self._sequence = next(_SEQUENCE)
         self.engine: ServerEngine[Session, Envelope] | None = None
         self._clock = clock
         self._started = clock()
         self._messages = 0
         self._open = False
         self._client_text: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The session id that starts each of this connection's log lines (made when needed:
+        an idle connection holds a number, not a string)."""
+        return f"{_PROCESS}{self._sequence:06X}"
 
     # --- around the engine (the adapter) --------------------------------------------------------
 
@@ -266,8 +271,8 @@ class ConnectionMonitor:
     def connected(self) -> Reply | None:
         self._client_text = None  # behind a PROXY proxy, the client is known only now
         clients = self._clients
-        if clients is not None:
-            host = self._host()
+        host = self._host() if clients is not None else None
+        if clients is not None and not clients.exempt(host):
             refusal = clients.connect(host, self._clock())
             if refusal is not None:
                 stats = self.stats
@@ -290,7 +295,9 @@ class ConnectionMonitor:
 
     def auth_allowed(self) -> Reply | None:
         clients = self._clients
-        return None if clients is None else clients.auth_allowed(self._host(), self._clock())
+        if clients is None or self._counted is None:  # not counted: exempt
+            return None
+        return clients.auth_allowed(self._counted, self._clock())
 
     def refused(self, verb: str, reply: Reply | bytes, limit: str | None) -> None:
         stats = self.stats
@@ -313,8 +320,8 @@ class ConnectionMonitor:
             self.stats.auth_successes += 1
         else:
             self.stats.auth_failures += 1
-            if self._clients is not None:
-                self._clients.auth_failed(self._host(), self._clock())
+            if self._clients is not None and self._counted is not None:
+                self._clients.auth_failed(self._counted, self._clock())
         if log.isEnabledFor(_INFO):
             event = "auth" if success else "auth-failed"
             self._emit(event, self._client(), mechanism=mechanism, user=user)

@@ -313,7 +313,6 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
             peer_host=peer[0] if isinstance(peer, tuple) and peer else None,
             monitor=monitor,
         )
-        engine.log_name = monitor.id
         engine.session.peer = peer
         if tracker is not None and not tracker._register(self):
             monitor.turned_away(peer)

@@ -41,6 +41,8 @@ CLIENT_RATE: Final = 600
 #: Failed AUTH attempts from one address per ten minutes, over all its connections.
 CLIENT_AUTH_FAILURES: Final = 10
 _LOOPBACK: Final = parse_trusted_networks(["127.0.0.0/8", "::1/128"])
+#: Addresses whose exemption is remembered (the answer is recomputed after a clear).
+_EXEMPT_CACHE: Final = 4096
 
 #: The reply to a connection past a per-address limit (before the greeting).
 TOO_MANY_FROM_CLIENT: Final = Reply(421, "Too many connections from your address", "4.7.0")
@@ -105,6 +107,7 @@ class ClientTable:
     def __init__(self, limits: ClientLimits | None = None) -> None:
         self.limits: ClientLimits = limits if limits is not None else ClientLimits()
         self._clients: dict[str, _Client] = {}
+        self._exempt: dict[str, bool] = {}  # answers of exempt(), by address
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -113,11 +116,16 @@ class ClientTable:
         """Whether ``host`` is never limited (also: not an IP address, such as a Unix socket)."""
         if host is None:
             return True
-        try:
-            address = ip_address(host)
-        except ValueError:
-            return True
-        return is_trusted_peer(address, self.limits.exempt)
+        known = self._exempt.get(host)
+        if known is None:
+            try:
+                known = is_trusted_peer(ip_address(host), self.limits.exempt)
+            except ValueError:
+                known = True
+            if len(self._exempt) >= _EXEMPT_CACHE:
+                self._exempt.clear()
+            self._exempt[host] = known
+        return known
 
     def connect(self, host: str | None, now: float) -> Reply | None:
         """A connection from ``host`` wants its greeting: ``None`` to let it in (it is counted

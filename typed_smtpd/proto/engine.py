@@ -515,7 +515,6 @@ class ServerEngine(Generic[S, E]):
         "envelope",
         "final_replies",
         "hard_deadline",
-        "log_name",
         "monitor",
         "peer",
         "session",
@@ -538,8 +537,6 @@ class ServerEngine(Generic[S, E]):
         self.config: EngineConfig = config
         #: Told of each event an operator counts or logs.
         self.monitor: Monitor = monitor
-        #: How debug lines name the connection (its session id); ``None``: by its peer.
-        self.log_name: str | None = None
         self._new_session = new_session
         self._new_envelope = new_envelope
         self._clock = clock
@@ -1018,7 +1015,8 @@ class ServerEngine(Generic[S, E]):
         verb, arg = command.verb, command.arg
         self._verb = verb
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s >> %s", self.log_name or repr(self.peer), sanitize(line.text))
+            name = getattr(self.monitor, "id", None) or repr(self.peer)  # the session id, if any
+            log.debug("%s >> %s", name, sanitize(line.text))
         malformed = self._malformed(verb, line.size)
         if malformed is not None:
             self.reply(malformed)
