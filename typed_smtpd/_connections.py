@@ -42,6 +42,8 @@ READ_SIZE: Final = 1 << 18
 #: A receive buffer larger than this while user code runs (a slow hook, a streaming hook that
 #: does not read) pauses reading from the client: one read more is the most a connection holds.
 HIGH_WATER: Final = 1 << 18
+#: The implicit-TLS handshakes under way in this process.
+_HANDSHAKES: Final[set[asyncio.Task[None]]] = set()
 #: The longest a TLS handshake may take (after STARTTLS, or on an implicit-TLS port).
 TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 #: The transport's extra information copied into a TLS session's ``ssl`` record.
@@ -138,7 +140,9 @@ class ImplicitTLS(asyncio.Protocol):
         self.transport = transport
         if tracker is not None:
             tracker.handshaking += 1
-        asyncio.get_running_loop().create_task(self._handshake(transport))
+        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        _HANDSHAKES.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_HANDSHAKES.discard)
 
     async def _handshake(self, transport: asyncio.BaseTransport) -> None:
         loop = asyncio.get_running_loop()
