@@ -153,12 +153,14 @@ def test_aiosmtplib_plain_starttls_and_implicit_tls(
         await send_welcome_async("c@example.net", port=587, start_tls=True)
         await send_welcome_async("d@example.net", port=465, use_tls=True)
 
-    with asyncio.Runner() as runner:
-        runner.get_loop()  # an event loop makes a socket pair of its own: before the ban
+    loop = asyncio.new_event_loop()  # it makes a socket pair of its own: before the ban
+    try:
         with monkeypatch.context() as patch:
             patch.setattr(socket, "socket", _refuse)
             with server.intercept(HOST, 587), server.intercept(HOST, 465):
-                runner.run(scenario())
+                loop.run_until_complete(scenario())
+    finally:
+        loop.close()
     messages = server.wait_for_messages(2)
     assert [m.rcpt_tos for m in messages] == [("c@example.net",), ("d@example.net",)]
     assert all(m.tls and m.authenticated for m in messages)

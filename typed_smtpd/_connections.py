@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -23,13 +24,16 @@ if TYPE_CHECKING:
 __all__ = [
     "HIGH_WATER",
     "READ_SIZE",
+    "TLS_BY_HAND",
     "TLS_HANDSHAKE_TIMEOUT",
     "ConnectionTracker",
     "ImplicitTLS",
     "WriteBatch",
+    "implicit_tls",
     "read_buffer",
     "thread_local",
     "tls_info",
+    "tls_listen_options",
     "unsent",
     "write_batch",
 ]
@@ -42,6 +46,10 @@ READ_SIZE: Final = 1 << 18
 #: A receive buffer larger than this while user code runs (a slow hook, a streaming hook that
 #: does not read) pauses reading from the client: one read more is the most a connection holds.
 HIGH_WATER: Final = 1 << 18
+#: Whether the server runs implicit-TLS handshakes itself (:class:`ImplicitTLS`): from Python
+#: 3.11, where a paused transport stays paused until ``start_tls()`` takes it over. On 3.10
+#: asyncio runs them (bounded by the same timeout, but counted by the cap only once done).
+TLS_BY_HAND: Final = sys.version_info >= (3, 11)
 #: The implicit-TLS handshakes under way in this process.
 _HANDSHAKES: Final[set[asyncio.Task[None]]] = set()
 #: The longest a TLS handshake may take (after STARTTLS, or on an implicit-TLS port).
@@ -128,6 +136,10 @@ class ImplicitTLS(asyncio.Protocol):
         self.context = context
         self.transport: asyncio.BaseTransport | None = None
         self.tracker = smtp.connection_tracker
+        #: What the client sent inside TLS before the SMTP instance took over (a command that
+        #: came right behind the handshake), handed to it then.
+        self.early: list[bytes] = []
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tracker = self.tracker
@@ -138,6 +150,9 @@ class ImplicitTLS(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self.transport = transport
+        # Nothing may be read before start_tls() takes over: the ClientHello is the handshake's
+        # (start_tls() resumes reading itself).
+        transport.pause_reading()  # type: ignore[attr-defined]
         if tracker is not None:
             tracker.handshaking += 1
         task = asyncio.get_running_loop().create_task(self._handshake(transport))
@@ -151,13 +166,13 @@ class ImplicitTLS(asyncio.Protocol):
         try:
             tls = await loop.start_tls(
                 transport,
-                smtp,
+                self,  # until the SMTP instance takes over: it keeps what arrives early
                 self.context,
                 server_side=True,
                 ssl_handshake_timeout=timeout,
             )
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as error:
-            log.info("%r TLS handshake failed: %s", transport.get_extra_info("peername"), error)
+            log.info("%r TLS handshake failed: %r", transport.get_extra_info("peername"), error)
             if self.tracker is not None:
                 self.tracker.stats.tls_failures += 1
             transport.abort()  # type: ignore[attr-defined]
@@ -165,16 +180,24 @@ class ImplicitTLS(asyncio.Protocol):
         finally:
             if self.tracker is not None:
                 self.tracker.handshaking -= 1
-        if tls is None:
+        if tls is None or self.lost:
             transport.abort()  # type: ignore[attr-defined]
             return
+        tls.set_protocol(smtp)
         smtp.connection_made(tls)
+        for data in self.early:
+            smtp.data_received(data)
+        self.early.clear()
 
     def data_received(self, data: bytes) -> None:
-        """Nothing is read before the handshake starts; what comes with it is TLS's."""
+        """Decrypted data that arrived before the SMTP instance took over (a command right
+        behind the handshake), kept for it. Nothing arrives in clear: reading is paused until
+        the handshake starts."""
+        self.early.append(bytes(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The client left before (or during) the handshake: the task sees it."""
+        self.lost = True
 
 
 class WriteBatch:
@@ -230,6 +253,23 @@ def tls_info(transport: asyncio.BaseTransport) -> dict[str, Any]:
     info["ssl_object"] = ssl_object
     info["version"] = ssl_object.version() if ssl_object is not None else None
     return info
+
+
+def implicit_tls(protocol: SMTP, context: ssl.SSLContext | None) -> asyncio.BaseProtocol:
+    """What a listener's protocol factory returns for ``protocol``: itself, or, on an
+    implicit-TLS port, the :class:`ImplicitTLS` that runs its handshake first."""
+    if context is None or not TLS_BY_HAND:
+        return protocol
+    return ImplicitTLS(protocol, context)
+
+
+def tls_listen_options(context: ssl.SSLContext | None, timeout: float) -> dict[str, Any]:
+    """Keyword arguments of ``create_server()`` for a listener with ``context``: none when the
+    server runs the handshakes itself (or there is no TLS), else asyncio's, with the handshake
+    bounded by ``timeout`` and :data:`TLS_HANDSHAKE_TIMEOUT`."""
+    if context is None or TLS_BY_HAND:
+        return {}
+    return {"ssl": context, "ssl_handshake_timeout": min(TLS_HANDSHAKE_TIMEOUT, timeout)}
 
 
 def unsent(transport: asyncio.BaseTransport) -> int:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Final, Literal
 
 from typing_extensions import Self, Unpack
 
-from typed_smtpd._connections import ImplicitTLS
+from typed_smtpd._connections import implicit_tls, tls_listen_options
 from typed_smtpd.monitoring import ServerStats, StatsSnapshot
 from typed_smtpd.options import ControllerOptions, TCPControllerOptions
 from typed_smtpd.proto.clients import ClientLimits
@@ -194,10 +194,11 @@ async def _bind_inet(
     protocol_factory: _ProtocolFactory,
     hostname: str,
     port: int,
+    tls: Mapping[str, Any],
 ) -> asyncio.Server:
     """Listen on ``hostname:port``; with port 0, on one ephemeral port shared by all addresses.
 
-    Always plain TCP: implicit TLS is the protocol factory's business (:class:`ImplicitTLS`).
+    ``tls``: ``create_server()``'s TLS arguments, if asyncio runs the implicit-TLS handshakes.
     """
     if port == 0:
         addresses = await _passive_addresses(loop, hostname)
@@ -208,12 +209,14 @@ async def _bind_inet(
             while True:
                 candidate = _ephemeral_port(*addresses[0])
                 try:
-                    return await loop.create_server(protocol_factory, host=hostname, port=candidate)
+                    return await loop.create_server(
+                        protocol_factory, host=hostname, port=candidate, **tls
+                    )
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE or attempt >= _PORT_PROBE_ATTEMPTS:
                         raise
                 attempt += 1
-    return await loop.create_server(protocol_factory, host=hostname, port=port)
+    return await loop.create_server(protocol_factory, host=hostname, port=port, **tls)
 
 
 def _server_class(handler: object, base: Callable[..., SMTP]) -> Callable[..., SMTP]:
@@ -271,6 +274,7 @@ async def _bind_unix(
     loop: asyncio.AbstractEventLoop,
     protocol_factory: _ProtocolFactory,
     path: str,
+    tls: Mapping[str, Any],
     mode: int | None = None,
     gid: int | None = None,
 ) -> tuple[asyncio.Server, _SocketIdentity | None]:
@@ -281,7 +285,7 @@ async def _bind_unix(
     :func:`_remove_socket_file` delete the file only if it is still the one this server created,
     not a socket another server has put there since.
     """
-    server = await loop.create_unix_server(protocol_factory, path, start_serving=False)
+    server = await loop.create_unix_server(protocol_factory, path, start_serving=False, **tls)
     identity = _file_identity(path)
     try:
         _set_socket_access(path, mode, gid)
@@ -469,9 +473,12 @@ class BaseController(ABC):
             raise
         smtpd.connection_tracker = self._tracker
         self.smtpd = smtpd
-        if self.ssl_context is not None:
-            return ImplicitTLS(smtpd, self.ssl_context)
-        return smtpd
+        return implicit_tls(smtpd, self.ssl_context)
+
+    def _tls_options(self) -> dict[str, Any]:
+        """``create_server()``'s TLS arguments (none where the server runs handshakes itself)."""
+        timeout = float(self.SMTP_kwargs.get("timeout", 300.0))
+        return tls_listen_options(self.ssl_context, timeout)
 
     @abstractmethod
     async def _create_server(self) -> asyncio.Server:
@@ -806,7 +813,9 @@ class _TCPListener(BaseController):
 
     async def _create_server(self) -> asyncio.Server:
         """Listen on :attr:`hostname` and :attr:`port`; record the bound port."""
-        server = await _bind_inet(self.loop, self._factory_invoker, self.hostname, self.port)
+        server = await _bind_inet(
+            self.loop, self._factory_invoker, self.hostname, self.port, self._tls_options()
+        )
         self.port = _bound_port(server)
         return server
 
@@ -825,6 +834,7 @@ class _UnixListener(BaseController):
             self.loop,
             self._factory_invoker,
             self.unix_socket,
+            self._tls_options(),
             self.socket_mode,
             self.socket_group,
         )
@@ -1085,13 +1095,16 @@ class _LoopController(BaseController):
                 self.loop,
                 self._factory_invoker,
                 self.unix_socket,
+                self._tls_options(),
                 self.socket_mode,
                 self.socket_group,
             )
             return server
         assert self.hostname is not None
         assert self.port is not None
-        server = await _bind_inet(self.loop, self._factory_invoker, self.hostname, self.port)
+        server = await _bind_inet(
+            self.loop, self._factory_invoker, self.hostname, self.port, self._tls_options()
+        )
         self.port = _bound_port(server)
         return server
 

@@ -50,7 +50,7 @@ from ipaddress import IPv6Address
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from typed_smtpd._connections import ImplicitTLS
+from typed_smtpd._connections import implicit_tls, tls_listen_options
 from typed_smtpd._version import __version__
 from typed_smtpd.controller import (
     DEFAULT_MAX_CONNECTIONS,
@@ -774,9 +774,7 @@ class _ProtocolFactory:
             log.exception("cannot create the protocol for a new connection; it is closed")
             raise
         protocol.connection_tracker = self.tracker
-        if self.implicit_tls is not None:
-            return ImplicitTLS(protocol, self.implicit_tls)
-        return protocol
+        return implicit_tls(protocol, self.implicit_tls)
 
     def build(self) -> SMTP:
         """One protocol instance, without the tracker (the start-up check uses it too)."""
@@ -888,9 +886,12 @@ async def _serve(
     loop = asyncio.get_running_loop()
     tracker = ConnectionTracker(config.max_connections)
     factory = _ProtocolFactory(server_class, config.smtp, tracker, implicit_tls=config.ssl_context)
+    tls = tls_listen_options(config.ssl_context, config.smtp.timeout)
     try:
         if config.unix_socket is not None:
-            server = await loop.create_unix_server(factory, config.unix_socket, start_serving=False)
+            server = await loop.create_unix_server(
+                factory, config.unix_socket, start_serving=False, **tls
+            )
         else:
             server = await loop.create_server(
                 factory,
@@ -898,6 +899,7 @@ async def _serve(
                 config.port,
                 reuse_port=worker is not None or None,
                 start_serving=False,
+                **tls,
             )
     except OSError as error:
         raise _StartError(f"cannot listen on {_where(config)}: {_reason(error)}") from None
