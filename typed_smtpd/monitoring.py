@@ -285,7 +285,8 @@ class ConnectionMonitor:
         if log.isEnabledFor(_INFO):
             engine = self.engine
             session = engine.session if engine is not None else None
-            proxied = session is not None and session.proxy_data is not None
+            data = session.proxy_data if session is not None else None
+            proxied = data is not None and data.src_addr is not None  # LOCAL: the proxy itself
             self._emit(
                 "connect",
                 self._client(),

@@ -128,7 +128,7 @@ def server_command(
     *,
     trusted: str | None = None,
     workers: int = 1,
-    debug: bool = True,
+    debug: bool = False,
 ) -> list[str]:
     """``python -m typed_smtpd`` listening at ``endpoint``, storing into ``maildir``.
 

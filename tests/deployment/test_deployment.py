@@ -79,7 +79,14 @@ HEALTH_TIMEOUT: Final = 15.0
 AFTER_RESTART: Final = 20
 VICTIM: Final = 1  # smtpd2
 SUPERVISOR_BANNER: Final = re.compile(r"listening on \S+ \(3 workers, pids ([0-9, ]+);")
-PEER_IN_LOG: Final = re.compile(r"\('([0-9a-f.:]+)', [0-9]+\)")
+#: A peer in a log line: an event line's ``client=ADDRESS:PORT`` (IPv6 in brackets), or the
+#: ``('ADDRESS', PORT)`` of the other lines.
+PEER_IN_LOG: Final = re.compile(r"client=\[?([0-9a-f.:]+?)\]?:[0-9]+|\('([0-9a-f.:]+)', [0-9]+\)")
+
+
+def peer_of(line: str) -> str | None:
+    found = PEER_IN_LOG.search(line)
+    return None if found is None else found.group(1) or found.group(2)
 
 
 # --- running a load -------------------------------------------------------------------------------
@@ -461,21 +468,27 @@ def peer_lines(outcome: Outcome) -> list[str]:
     ]
 
 
-def test_log_lines_name_a_peer_at_d(balanced: Outcome) -> None:
-    # At the default level (WARNING) only the refused probe names a peer, and rightly its own
-    # address; with -d the idle clients' time-outs do too.
+def test_log_lines_name_a_peer(balanced: Outcome) -> None:
+    # At the default level every event line names the client (the connections, the messages,
+    # the idle clients' time-outs); no warning or error names one but the refused probe.
     warnings = [line for line in peer_lines(balanced) if " WARNING " in line or " ERROR " in line]
     assert warnings == []
-    assert any(line.endswith(" timed out") for line in peer_lines(balanced))
-    known = {*balanced.topology.client_hosts, balanced.topology.balancer_source}
+    assert any(" timeout client=" in line for line in peer_lines(balanced))
+    assert any(" accepted client=" in line for line in peer_lines(balanced))
+    topology = balanced.topology
+    # The balancer's own connections are its health checks (a PROXY v2 LOCAL header, whose
+    # addresses are discarded), and the refused probe speaks for itself.
+    known = {*topology.client_hosts, topology.balancer_source, topology.untrusted_source}
     for line in peer_lines(balanced):
-        found = PEER_IN_LOG.search(line)
-        assert found and found.group(1) in known, line
+        assert peer_of(line) in known, line
 
 
 def test_log_lines_name_the_client_not_haproxy(balanced: Outcome) -> None:
-    balancer = f"('{balanced.topology.balancer_source}',"
-    assert [line for line in peer_lines(balanced) if balancer in line] == []
+    # Every message came through HAProxy: each accepted line names the client behind it.
+    balancer = balanced.topology.balancer_source
+    accepted = [line for line in peer_lines(balanced) if " accepted client=" in line]
+    assert accepted
+    assert [line for line in accepted if peer_of(line) == balancer] == []
 
 
 # --- with --workers 3 -----------------------------------------------------------------------------
@@ -496,7 +509,7 @@ def test_supervisor_stops_the_others_and_exits_1(workers: Outcome, workdir: Path
     assert f"worker 1 (pid {extra['victim']}) was killed by SIGKILL" in log
     assert "stopping the other workers" in log
     assert log.count("was killed") == 1  # the others were stopped, not killed
-    assert log.count("shutting down") == 2  # by SIGTERM, each draining its connections
+    assert log.count("mail.log: shutting down") == 2  # by SIGTERM, each draining its connections
     assert extra["final_status"] == 0
 
 
