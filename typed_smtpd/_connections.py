@@ -134,7 +134,6 @@ class ImplicitTLS(asyncio.Protocol):
     def __init__(self, smtp: SMTP, context: ssl.SSLContext) -> None:
         self.smtp = smtp
         self.context = context
-        self.transport: asyncio.BaseTransport | None = None
         self.tracker = smtp.connection_tracker
         #: What the client sent inside TLS before the SMTP instance took over (a command that
         #: came right behind the handshake), handed to it then.
@@ -149,7 +148,6 @@ class ImplicitTLS(asyncio.Protocol):
             tracker.stats.connections_refused += 1
             transport.abort()  # type: ignore[attr-defined]
             return
-        self.transport = transport
         # Nothing may be read before start_tls() takes over: the ClientHello is the handshake's
         # (start_tls() resumes reading itself).
         transport.pause_reading()  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TextIO, cast
 
 from typing_extensions import Self, TypeVar
 
+from typed_smtpd.monitoring import format_peer
 from typed_smtpd.proto.replies import INTERNAL_ERROR, Reply
 from typed_smtpd.stream import StreamError
 
@@ -123,8 +124,7 @@ def _peer_display(session: Session) -> str:
     """The peer as ``host:port`` (``[v6]:port`` for IPv6), or as :func:`_peer_host` gives it."""
     peer = session.peer
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        return format_peer(peer)
     return _peer_host(session)
 
 

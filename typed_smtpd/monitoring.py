@@ -125,6 +125,10 @@ class StatsSnapshot:
         return StatsSnapshot(**values, limits=MappingProxyType(limits))
 
 
+def _count_limit(stats: ServerStats, name: str) -> None:
+    stats.limits[name] = stats.limits.get(name, 0) + 1
+
+
 def format_peer(peer: object) -> str:
     """A peer address as log lines show it: ``192.0.2.7:50122``, ``[2001:db8::1]:25``, a Unix
     socket's name, or ``unknown``."""
@@ -212,7 +216,7 @@ class ConnectionMonitor:
         """The connection was refused at the connection cap (it was never opened)."""
         stats = self.stats
         stats.connections_refused += 1
-        stats.limits["connections"] = stats.limits.get("connections", 0) + 1
+        _count_limit(stats, "connections")
         if log.isEnabledFor(_INFO):
             self._emit("reject", _field(format_peer(peer)), limit="connections")
 
@@ -276,7 +280,7 @@ class ConnectionMonitor:
             refusal = clients.connect(host, self._clock())
             if refusal is not None:
                 stats = self.stats
-                stats.limits["client-connections"] = stats.limits.get("client-connections", 0) + 1
+                _count_limit(stats, "client-connections")
                 stats.connections_refused += 1
                 if log.isEnabledFor(_INFO):
                     self._emit("reject", self._client(), limit="client-connections")
@@ -304,7 +308,7 @@ class ConnectionMonitor:
         stats = self.stats
         stats.commands_refused += 1
         if limit is not None:
-            stats.limits[limit] = stats.limits.get(limit, 0) + 1
+            _count_limit(stats, limit)
         if verb == "AUTH" and _reply_code(reply) == 535:
             return  # the auth-failed line says it
         if log.isEnabledFor(_INFO):
@@ -340,7 +344,7 @@ class ConnectionMonitor:
         else:
             stats.messages_refused += 1
             if limit is not None:
-                stats.limits[limit] = stats.limits.get(limit, 0) + 1
+                _count_limit(stats, limit)
         if log.isEnabledFor(_INFO):
             self._message_line(code < 400, envelope, recipients, reply, size, limit)
 

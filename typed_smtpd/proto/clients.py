@@ -15,7 +15,6 @@ No I/O here.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Final
@@ -81,11 +80,6 @@ class ClientLimits:
             raise ValueError("rate_window and auth_window must be positive")
         if self.max_tracked < 1:
             raise ValueError("max_tracked must be at least 1")
-
-    @classmethod
-    def with_exempt(cls, networks: Iterable[str | IPNetwork], **limits: object) -> ClientLimits:
-        """Limits with ``networks`` exempt (``"10.0.0.0/8"``, ``"2001:db8::/32"``, ...)."""
-        return cls(exempt=parse_trusted_networks(networks), **limits)  # type: ignore[arg-type]
 
 
 #: No per-address limit at all.

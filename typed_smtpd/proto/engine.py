@@ -1436,37 +1436,30 @@ class ServerEngine(Generic[S, E]):
         return None
 
     def _data_done(self, event: Event) -> Steps | None:
-        self.hard_deadline = None
         assert isinstance(event, DataDone)
+        return self._finish(self._whole_content(event))
+
+    def _whole_content(self, event: DataDone) -> bytes | Reply:
+        """DATA content that came in one piece: the message, or the reply that refuses it."""
+        self.hard_deadline = None
         if event.raw is None:
-            self._refuse_message(event.error or R.DATA_TOO_LARGE)
-            return None
+            return event.error or R.DATA_TOO_LARGE
         limits = self.config.limits
-        content = process_content(
+        return process_content(
             event.raw,
             policy=limits.bare_newline,
             line_length_limit=limits.line_length_limit,
             stuffed=event.stuffed,
         )
-        return self._finish(content)
 
     def _drop_data(self, event: Event, stream: ContentStream | None = None) -> None:
         """The content of DATA when nothing takes it: checked as it arrives, then dropped;
         ``250`` if it passes. Content that came whole is checked in one go."""
         if stream is None:
             if type(event) is DataDone:
-                self.hard_deadline = None
+                assert isinstance(event, DataDone)
                 self._message_size = 0 if event.raw is None else len(event.raw)
-                content = (
-                    event.error or R.DATA_TOO_LARGE
-                    if event.raw is None
-                    else process_content(
-                        event.raw,
-                        policy=self.config.limits.bare_newline,
-                        line_length_limit=self.config.limits.line_length_limit,
-                        stuffed=event.stuffed,
-                    )
-                )
+                content = self._whole_content(event)
                 self._dropped(content if isinstance(content, Reply) else None)
                 return
             stream = ContentStream(self._content_filter(None), bdat=False)
