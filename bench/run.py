@@ -1,7 +1,10 @@
-"""The side-by-side benchmark: typed_smtpd against aiosmtpd, a bare ceiling sink and C smtp-sink.
+"""The side-by-side benchmark: typed_smtpd against aiosmtpd, a bare ceiling sink, C smtp-sink and
+(when built) the rival sinks on go-smtp and nodemailer's smtp-server.
 
 Usage: ``python bench/run.py [--quick] [--workloads W1,W2] [--repeat 3] [--json out.json]``
 (``--help`` lists the rest). See bench/README.md for what each workload measures.
+``--peers DIR`` adds the rivals ``go-smtp`` and ``smtp-server`` from their build directory, and
+``--target NAME=COMMAND`` any other server started by a command line with ``{port}`` in it.
 ``--baseline REV`` adds the server ``typed-base``: typed_smtpd as of that git revision, checked out
 in a temporary worktree for the run, so one run compares the code before and after a change.
 
@@ -46,6 +49,14 @@ ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")
 #: typed_smtpd with INFO event lines to a log file and Prometheus metrics on (not run by default).
 OBSERVED = "typed-observed"
 BASELINE = "typed-base"  # typed_smtpd as of --baseline REV, from a temporary git worktree
+#: typed_smtpd on uvloop, beside the stock-asyncio one in the same run (``--uvloop`` moves every
+#: Python server to uvloop instead).
+UVLOOP = "typed-uvloop"
+#: The rival sinks and where their build directory (``--peers DIR``) keeps them.
+PEERS: dict[str, tuple[str, ...]] = {
+    "go-smtp": ("go-smtp-sink",),
+    "smtp-server": ("node", "node/sink.js"),
+}
 ALL_CLIENTS = ("smtp-source", "asyncio")
 READY_TIMEOUT = 30.0  # seconds for a server to start listening
 STOP_TIMEOUT = 15.0  # seconds for a server to exit after SIGTERM (a profiler writes its file)
@@ -138,6 +149,8 @@ class Options:
     smtp_source: str | None
     smtp_sink: str | None
     baseline_tree: Path | None = None  # the worktree typed-base imports typed_smtpd from
+    # servers started by a command line of their own: name -> argv with "{port}" in it
+    commands: dict[str, list[str]] = field(default_factory=dict)
     children: set[subprocess.Popen[bytes]] = field(default_factory=set)
 
 
@@ -240,7 +253,10 @@ def server_process(
     kind: str, opts: Options, stderr: io.BufferedWriter | Any, profile: Path | None = None
 ) -> Iterator[tuple[int, int]]:
     """Start one server in its own process; yield (pid, port); stop it on the way out."""
-    if kind == "smtp-sink":
+    if kind in opts.commands:
+        port = free_port()
+        cmd = [part.replace("{port}", str(port)) for part in opts.commands[kind]]
+    elif kind == "smtp-sink":
         assert opts.smtp_sink is not None
         port = free_port()
         cmd = [opts.smtp_sink]
@@ -257,7 +273,9 @@ def server_process(
         if kind == BASELINE:
             assert opts.baseline_tree is not None
             cmd += ["--tree", str(opts.baseline_tree)]
-        if opts.uvloop:
+        if kind == UVLOOP:
+            cmd[2] = "typed"
+        if opts.uvloop or kind == UVLOOP:
             cmd.append("--uvloop")
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True
@@ -266,7 +284,7 @@ def server_process(
     try:
         if opts.server_cores:
             os.sched_setaffinity(proc.pid, opts.server_cores)
-        if kind == "smtp-sink":
+        if kind == "smtp-sink" or kind in opts.commands:
             wait_listening(port, proc)
         else:
             port = wait_ready_line(proc)
@@ -552,6 +570,11 @@ def summarise(
                     [(r.peak_rss_kib - r.baseline_rss_kib) / KIB for r in ok]
                 ),
             }
+            cpu = entry["cpu_seconds"]
+            if cpu is not None and work.kind != "idle":
+                # server CPU per unit of work: per message, or per connection for churn
+                units = work.count
+                entry["cpu_us_per_unit"] = cpu / units * 1e6
             if secs:
                 if work.kind == "idle":
                     entry["connections_per_s"] = work.count / secs
@@ -567,12 +590,18 @@ def summarise(
                 entry["probe_ok"] = bool(ok) and all(r.probe_ok for r in ok)
             per_server[server] = entry
         ratios: dict[str, float | None] = {}
-        for other in (BASELINE, "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink"):
-            ratios[f"typed/{other}"] = round_ratio(group, "typed", other)
-        for other in (BASELINE, "aiosmtpd", "ceiling", "ceiling-buffered"):
-            ratios[f"cpu typed/{other}"] = round_ratio(group, "typed", other, "cpu_seconds")
+        rivals = [s for s in servers if s not in (*ALL_SERVERS, BASELINE, OBSERVED, UVLOOP)]
+        for subject, others in (
+            ("typed", (BASELINE, UVLOOP, "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")),
+            (UVLOOP, ("aiosmtpd",)),
+        ):
+            for other in (*others, *rivals):
+                ratios[f"{subject}/{other}"] = round_ratio(group, subject, other)
+                if other != "smtp-sink":  # a C sink's CPU is no reference for Python's
+                    cpu = round_ratio(group, subject, other, "cpu_seconds")
+                    ratios[f"cpu {subject}/{other}"] = cpu
         if work.kind == "idle":
-            for other in (BASELINE, "aiosmtpd"):
+            for other in (BASELINE, "aiosmtpd", *rivals):
                 ratios[f"rss_per_connection typed/{other}"] = rss_ratio(group, other)
         out.append({"workload": name, "client": client_name, "servers": per_server, **ratios})
     return out
@@ -622,9 +651,10 @@ def print_report(
                 file=out,
             )
         else:
+            unit = "us/conn" if work.kind == "churn" else "us/msg"
             print(
                 f"  {'server':<17}{'median s':>9}{'msg/s':>10}{'MB/s':>9}{'cpu s':>8}"
-                f"{'peak MiB':>10}{'growth MiB':>11}",
+                f"{'cpu ' + unit:>12}{'peak MiB':>10}{'growth MiB':>11}",
                 file=out,
             )
         for server, e in block["servers"].items():
@@ -643,12 +673,13 @@ def print_report(
                     f"  {label:<17}{fmt(e['seconds'], '.3f'):>9}"
                     f"{fmt(e.get('messages_per_s'), '.0f'):>10}"
                     f"{fmt(e.get('mb_per_s'), '.1f'):>9}{fmt(e['cpu_seconds'], '.2f'):>8}"
+                    f"{fmt(e.get('cpu_us_per_unit'), '.0f'):>12}"
                     f"{fmt(e['peak_rss_mib'], '.1f'):>10}{fmt(e['rss_growth_mib'], '.1f'):>11}",
                     file=out,
                 )
             for error in e["errors"][:2]:
                 print(f"      error: {error[:300]}", file=out)
-        for prefixes in (("typed/", "rss_"), ("cpu ",)):
+        for prefixes in (("typed/", "rss_"), (f"{UVLOOP}/",), ("cpu typed/",), (f"cpu {UVLOOP}/",)):
             ratios = [f"{k} {v:.2f}x" for k, v in block.items() if k.startswith(prefixes) and v]
             if ratios:
                 print("  " + "   ".join(ratios), file=out)
@@ -690,7 +721,7 @@ def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[
         typed = block["servers"].get("typed")
         if typed is None:
             continue
-        if name in TARGETS:
+        if name in TARGETS and "aiosmtpd" in block["servers"]:
             verdicts.append(
                 verdict(block, "typed/aiosmtpd", block["typed/aiosmtpd"], TARGETS[name])
             )
@@ -717,8 +748,49 @@ def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[
             verdicts.append(
                 verdict(block, "connections held, new one answered", held, float(wanted_idle))
             )
-        verdicts.append(verdict(block, "typed/ceiling", block["typed/ceiling"], CEILING_TARGET))
+        if "ceiling" in block["servers"]:
+            verdicts.append(verdict(block, "typed/ceiling", block["typed/ceiling"], CEILING_TARGET))
+        verdicts += rival_verdicts(block)
     return verdicts
+
+
+#: Against go-smtp (the rival to beat): throughput ratios, with uvloop and on stock asyncio.
+RIVAL = "go-smtp"
+RIVAL_SPEED = {"W1": (1.0, 0.8), "W2": (1.0, 0.8), "W4": (1.0, 0.8)}
+RIVAL_W3 = 2.0
+#: Server CPU in microseconds: per message on W2 (uvloop, stock), per connection on W4 (uvloop).
+CPU_PER_MESSAGE_W2 = (55.0, 70.0)
+CPU_PER_CONNECTION_W4 = 170.0
+IDLE_KIB_TARGET = 4.0
+
+
+def rival_verdicts(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets set against go-smtp, for the servers of this block that ran."""
+    out: list[dict[str, Any]] = []
+    name, servers = block["workload"], block["servers"]
+    if RIVAL in servers:
+        goals = RIVAL_SPEED.get(name)
+        if goals is not None:
+            for subject, goal in ((UVLOOP, goals[0]), ("typed", goals[1])):
+                if subject in servers:
+                    key = f"{subject}/{RIVAL}"
+                    out.append(verdict(block, key, block.get(key), goal))
+        if name == "W3":
+            key = f"typed/{RIVAL}"
+            out.append(verdict(block, key, block.get(key), RIVAL_W3))
+    limits: list[tuple[str, float]] = []
+    if name == "W2":
+        limits = [(UVLOOP, CPU_PER_MESSAGE_W2[0]), ("typed", CPU_PER_MESSAGE_W2[1])]
+    elif name == "W4":
+        limits = [(UVLOOP, CPU_PER_CONNECTION_W4)]
+    for subject, limit in limits:
+        if subject in servers:
+            value = servers[subject].get("cpu_us_per_unit")
+            out.append(verdict(block, f"{subject} server CPU us", value, limit, higher=False))
+    if name == "W5" and "typed" in servers:
+        value = servers["typed"].get("rss_per_connection_kib")
+        out.append(verdict(block, "typed KiB per idle connection", value, IDLE_KIB_TARGET, False))
+    return out
 
 
 def print_targets(verdicts: list[dict[str, Any]]) -> None:
@@ -777,7 +849,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         help=f"default {','.join(ALL_SERVERS)}, and {BASELINE} with --baseline; {OBSERVED} "
-        "(INFO event lines to a file, Prometheus metrics on) on request",
+        f"(INFO event lines to a file, Prometheus metrics on) and {UVLOOP} on request; the "
+        "servers of --peers and --target are added",
     )
     parser.add_argument("--clients", default=",".join(ALL_CLIENTS))
     parser.add_argument("--uvloop", action="store_true", help="run the Python servers on uvloop")
@@ -794,7 +867,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="after the runs, profile typed_smtpd's server on these workloads (e.g. W1,W3)",
     )
     parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument(
+        "--peers",
+        type=Path,
+        metavar="DIR",
+        help="the rival sinks' build directory: adds the servers " + ", ".join(PEERS),
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="one more server, started by COMMAND (split like a shell line) with {port} where "
+        "its port goes; it must listen on 127.0.0.1:{port} (repeatable)",
+    )
     return parser.parse_args(argv)
+
+
+def peer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The command line of each rival (``--peers``) and extra server (``--target``)."""
+    import shlex
+
+    commands: dict[str, list[str]] = {}
+    if args.peers is not None:
+        build = args.peers.resolve()
+        for name, parts in PEERS.items():
+            *runner, program = parts
+            path = build / program
+            if not path.is_file():
+                print(f"warning: no {path}; leaving {name} out", file=sys.stderr)
+                continue
+            if runner and shutil.which(runner[0]) is None:
+                print(f"warning: no {runner[0]}; leaving {name} out", file=sys.stderr)
+                continue
+            commands[name] = [*runner, str(path), "{port}"]
+    for spec in args.target:
+        name, sep, command = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or "{port}" not in command:
+            raise SystemExit(f"--target {spec!r}: expected NAME=COMMAND with {{port}} in it")
+        if name in (*ALL_SERVERS, BASELINE, OBSERVED, UVLOOP):
+            raise SystemExit(f"--target {spec!r}: {name} is the name of a built-in server")
+        commands[name] = shlex.split(command)
+    return commands
 
 
 def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
@@ -821,7 +936,9 @@ def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
 def choose_servers(args: argparse.Namespace) -> list[str]:
     """The servers to run: --servers (or the default), with typed-base exactly when --baseline."""
     servers = [s.strip() for s in (args.servers or ",".join(ALL_SERVERS)).split(",") if s.strip()]
-    unknown = set(servers) - {*ALL_SERVERS, BASELINE, OBSERVED}
+    extra = list(args.commands)
+    servers += [name for name in extra if name not in servers]
+    unknown = set(servers) - {*ALL_SERVERS, BASELINE, OBSERVED, UVLOOP, *extra}
     if unknown:
         raise SystemExit(f"unknown server: {', '.join(sorted(unknown))}")
     if BASELINE in servers and not args.baseline:
@@ -836,9 +953,10 @@ def choose_servers(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status (1 if any run failed)."""
     args = parse_args(argv)
+    args.commands = peer_commands(args)
     workloads = select_workloads(args, args.workloads)
     servers = choose_servers(args)
-    if args.uvloop and not importable("uvloop"):
+    if (args.uvloop or UVLOOP in servers) and not importable("uvloop"):
         raise SystemExit("--uvloop needs uvloop: python -m pip install 'typed-smtpd[speed]'")
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     unknown = set(clients) - set(ALL_CLIENTS)
@@ -906,6 +1024,7 @@ def benchmark(
         smtp_source=smtp_source,
         smtp_sink=smtp_sink,
         baseline_tree=baseline[0] if baseline is not None else None,
+        commands=args.commands,
     )
     if client_cores:
         os.sched_setaffinity(0, client_cores)
@@ -922,6 +1041,7 @@ def benchmark(
         "loop": "uvloop" if args.uvloop else "asyncio",
         "smtp_source": smtp_source,
         "smtp_sink": smtp_sink,
+        "commands": args.commands,
         "load_average_start": load_start,
     }
     print(
