@@ -124,7 +124,9 @@ def parse_path(text: str, *, allow_null: bool, allow_postmaster: bool = False) -
     >>> parse_path("<>", allow_null=True)
     ''
     """
-    if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_OCTETS:
+    # An ASCII path is as many octets as characters (and str.isascii() costs nothing).
+    octets = len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+    if octets > MAX_PATH_OCTETS:
         raise PathError("path too long")
     if text == "<>":
         if allow_null:

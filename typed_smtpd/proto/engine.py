@@ -53,7 +53,6 @@ from typed_smtpd.proto.clients import TOO_MANY_AUTH_FAILURES_FROM_CLIENT, TOO_MA
 from typed_smtpd.proto.commands import (
     ParamError,
     PathError,
-    parse_command,
     parse_params,
     parse_path,
     split_path_and_params,
@@ -1011,8 +1010,10 @@ class ServerEngine(Generic[S, E]):
             self.close()
 
     def _on_line(self, line: Line) -> Steps | None:
-        command = parse_command(line.text)
-        verb, arg = command.verb, command.arg
+        # parse_command(), inline: this runs for every command line.
+        verb, _, rest = line.text.partition(" ")
+        verb = verb.upper()
+        arg = rest.strip() or None
         self._verb = verb
         if log.isEnabledFor(logging.DEBUG):
             name = getattr(self.monitor, "id", None) or repr(self.peer)  # the session id, if any

@@ -15,9 +15,10 @@ No I/O here.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Final
+from typing import Any, Final, cast
 
 from typed_smtpd.proto.limits import BareNewlinePolicy
 from typed_smtpd.proto.replies import (
@@ -57,6 +58,9 @@ class Mode(Enum):
     BDAT = auto()
 
 
+_LINE_MODES: Final = frozenset({Mode.COMMAND, Mode.SASL})
+
+
 class _NeedData(Enum):
     """The type of :data:`NEED_DATA`."""
 
@@ -70,13 +74,28 @@ class _NeedData(Enum):
 NEED_DATA: Final = _NeedData.NEED_DATA
 
 
-@dataclass(frozen=True, slots=True)
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    """What sets the slot ``name`` of a ``cls`` instance, frozen dataclass or not."""
+    return cast("Callable[[object, Any], None]", vars(cls)[name].__set__)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Line:
     """A complete command (or SASL) line, CRLF removed, decoded (UTF-8 with surrogateescape)."""
 
     text: str
     #: Its length on the wire, CRLF included (for per-verb limits).
     size: int
+
+    # One is made per command: set through the slots, not a frozen dataclass's generic
+    # object.__setattr__ calls (a third of the cost).
+    def __init__(self, text: str, size: int) -> None:
+        _set_line_text(self, text)
+        _set_line_size(self, size)
+
+
+_set_line_text: Final = _slot_setter(Line, "text")
+_set_line_size: Final = _slot_setter(Line, "size")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +105,7 @@ class BadLine:
     reply: Reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DataDone:
     """DATA content complete: the raw bytes before ``CRLF.CRLF`` (CRLF of the last line kept,
     still dot-stuffed), or ``None`` with ``error`` when it exceeded the size cap."""
@@ -95,6 +114,18 @@ class DataDone:
     error: Reply | None = None
     #: Whether some line starts with "." and so needs unstuffing.
     stuffed: bool = False
+
+    def __init__(
+        self, raw: bytes | None, error: Reply | None = None, stuffed: bool = False
+    ) -> None:  # one per message: set through the slots (see Line)
+        _set_done_raw(self, raw)
+        _set_done_error(self, error)
+        _set_done_stuffed(self, stuffed)
+
+
+_set_done_raw: Final = _slot_setter(DataDone, "raw")
+_set_done_error: Final = _slot_setter(DataDone, "error")
+_set_done_stuffed: Final = _slot_setter(DataDone, "stuffed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +222,7 @@ class Receiver:
     @property
     def partial(self) -> bool:
         """True while a command or SASL line has begun but not ended (or is being discarded)."""
-        return self._mode in (Mode.COMMAND, Mode.SASL) and (bool(self._buf) or self._discarding)
+        return (bool(self._buf) or self._discarding) and self._mode in _LINE_MODES
 
     @property
     def mode(self) -> Mode:
@@ -280,10 +311,11 @@ class Receiver:
             del buf[:size]
             return BadLine(too_long)
         if end and buf[end - 1] == 13:  # CRLF, as it should be
-            raw = bytes(buf[: end - 1])
+            line = buf[: end - 1]
             del buf[:size]
-            if raw.isascii() and b"\r" not in raw and b"\x00" not in raw:
-                return Line(raw.decode("ascii"), size)
+            if line.isascii() and 13 not in line and 0 not in line:
+                return Line(line.decode("ascii"), size)
+            raw = bytes(line)
         else:
             raw = bytes(buf[:end])
             del buf[:size]
