@@ -1,7 +1,8 @@
 """Development tasks for typed_smtpd: lint, type checks, tests on every Python, docs.
 
-``nox`` alone runs the default sessions (lint, typecheck, tests on 3.10 to 3.13, docs, and
-deployment: HAProxy and servers losing a process under load); that is also what CI runs.
+``nox`` alone runs the default sessions (lint, typecheck, tests on 3.10 to 3.13, compiled: the
+tests against the mypyc-compiled build, docs, and deployment: HAProxy and servers losing a
+process under load); that is also what CI runs.
 ``nox -s fuzz`` and ``nox -s bench`` run on demand. Every session builds a plain ``venv`` with
 pip, so nothing beyond the Python interpreters themselves has to be installed first.
 
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import nox
 
 nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "typecheck", "tests", "docs", "deployment"]
+nox.options.sessions = ["lint", "typecheck", "tests", "compiled", "docs", "deployment"]
 if os.environ.get("CI"):
     # A Python version missing on a CI machine is a broken machine, not a reason to skip.
     nox.options.error_on_missing_interpreters = True
@@ -80,6 +82,7 @@ INTEROP_DEPS = ["aiosmtplib", "trustme", "prometheus-client"]
 DOCS_DEPS = ["sphinx>=7.2", "furo", "sphinx-copybutton"]
 LINT_TARGETS = [
     "typed_smtpd",
+    "hatch_build.py",
     "tests",
     "bench",
     "noxfile.py",
@@ -108,6 +111,36 @@ def tests(session: nox.Session) -> None:
     if not session.posargs:
         # The examples in the docstrings, each in its own module's namespace.
         session.run("pytest", "--doctest-modules", "typed_smtpd", env=_hypothesis_env("ci"))
+
+
+@nox.session(python=PRIMARY_PYTHON)
+def compiled(session: nox.Session) -> None:
+    """Run the test suite against the build made with ``TYPED_SMTPD_COMPILE=1``: the protocol
+    core compiled with mypyc (hatch_build.py). Needs a C compiler and the Python headers.
+
+    The wheel is built and installed (its entry points: the pytest plugin); then its compiled
+    modules are put into a copy of the project, where the tests run, so they import the compiled
+    modules ahead of the sources beside them (tests/test_compiled.py checks that they do).
+    """
+    tmp = Path(session.create_tmp())
+    wheels, tree = tmp / "wheels", tmp / "tree"
+    for directory in (wheels, tree):
+        shutil.rmtree(directory, ignore_errors=True)
+    session.install("pip>=24")
+    command = ["python", "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(wheels)]
+    session.run(*command, ".", env={"TYPED_SMTPD_COMPILE": "1"})
+    (wheel,) = wheels.glob("typed_smtpd-*.whl")
+    session.install(str(wheel), *TEST_DEPS, *INTEROP_DEPS)
+    skip = shutil.ignore_patterns(".nox", ".git", "_build", "__pycache__", "*.so", "*.pyd")
+    shutil.copytree(ROOT, tree, ignore=skip)
+    with zipfile.ZipFile(wheel) as archive:
+        extensions = [name for name in archive.namelist() if name.endswith((".so", ".pyd"))]
+        if not extensions:
+            session.error(f"{wheel.name} holds no compiled module")
+        archive.extractall(tree, members=extensions)
+    session.chdir(tree)
+    env = {**_hypothesis_env("ci"), "TYPED_SMTPD_EXPECT_COMPILED": "1"}
+    session.run("pytest", "-n", "auto", "-m", "not slow", *session.posargs, env=env)
 
 
 @nox.session(python=PRIMARY_PYTHON)

@@ -52,6 +52,12 @@ BASELINE = "typed-base"  # typed_smtpd as of --baseline REV, from a temporary gi
 #: typed_smtpd on uvloop, beside the stock-asyncio one in the same run (``--uvloop`` moves every
 #: Python server to uvloop instead).
 UVLOOP = "typed-uvloop"
+#: typed_smtpd built with TYPED_SMTPD_COMPILE=1 (the protocol core compiled with mypyc), from a
+#: temporary ``pip install --target`` of the repository (``--compiled``), on asyncio and uvloop.
+COMPILED = "typed-compiled"
+COMPILED_UVLOOP = "typed-compiled-uvloop"
+#: Every variant of typed_smtpd that runs from the repository's code.
+TYPED_VARIANTS = ("typed", UVLOOP, COMPILED, COMPILED_UVLOOP)
 #: The rival sinks and where their build directory (``--peers DIR``) keeps them.
 PEERS: dict[str, tuple[str, ...]] = {
     "go-smtp": ("go-smtp-sink",),
@@ -149,6 +155,7 @@ class Options:
     smtp_source: str | None
     smtp_sink: str | None
     baseline_tree: Path | None = None  # the worktree typed-base imports typed_smtpd from
+    compiled_tree: Path | None = None  # the compiled build typed-compiled imports
     # servers started by a command line of their own: name -> argv with "{port}" in it
     commands: dict[str, list[str]] = field(default_factory=dict)
     children: set[subprocess.Popen[bytes]] = field(default_factory=set)
@@ -275,7 +282,11 @@ def server_process(
             cmd += ["--tree", str(opts.baseline_tree)]
         if kind == UVLOOP:
             cmd[2] = "typed"
-        if opts.uvloop or kind == UVLOOP:
+        if kind in (COMPILED, COMPILED_UVLOOP):
+            assert opts.compiled_tree is not None
+            cmd[2] = COMPILED
+            cmd += ["--tree", str(opts.compiled_tree)]
+        if opts.uvloop or kind in (UVLOOP, COMPILED_UVLOOP):
             cmd.append("--uvloop")
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True
@@ -506,6 +517,34 @@ def check_baseline(tree: Path) -> tuple[str, str]:
     return version, file
 
 
+@contextlib.contextmanager
+def compiled_build() -> Iterator[Path]:
+    """Build the repository with TYPED_SMTPD_COMPILE=1 into a temporary directory (``pip install
+    --target``); yield it; remove it on the way out."""
+    root = HERE.parent
+    tree = Path(tempfile.mkdtemp(prefix="typed-smtpd-compiled-"))
+    try:
+        print("building typed_smtpd with TYPED_SMTPD_COMPILE=1 (mypyc) ...", file=sys.stderr)
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        command += ["--no-cache-dir", "--target", str(tree), str(root)]
+        env = dict(os.environ, TYPED_SMTPD_COMPILE="1")
+        built = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=1200, check=False
+        )
+        if built.returncode != 0:
+            tail = (built.stderr or built.stdout).strip().splitlines()[-5:]
+            raise SystemExit("--compiled: the build failed:\n" + "\n".join(tail))
+        check = [sys.executable, str(HERE / "servers.py"), COMPILED, "0", "--tree", str(tree)]
+        done = subprocess.run(
+            [*check, "--check"], capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"--compiled: {(done.stderr or done.stdout).strip()}")
+        yield tree
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
 def pick_cores() -> tuple[set[int] | None, set[int] | None]:
     """(client cores, server cores): one core each when two or more are available."""
     cores = sorted(os.sched_getaffinity(0))
@@ -590,11 +629,16 @@ def summarise(
                 entry["probe_ok"] = bool(ok) and all(r.probe_ok for r in ok)
             per_server[server] = entry
         ratios: dict[str, float | None] = {}
-        rivals = [s for s in servers if s not in (*ALL_SERVERS, BASELINE, OBSERVED, UVLOOP)]
+        own = (*ALL_SERVERS, *TYPED_VARIANTS, BASELINE, OBSERVED)
+        rivals = [s for s in servers if s not in own]
         for subject, others in (
             ("typed", (BASELINE, UVLOOP, "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")),
             (UVLOOP, ("aiosmtpd",)),
+            (COMPILED, ("typed", "aiosmtpd")),
+            (COMPILED_UVLOOP, ("aiosmtpd",)),
         ):
+            if subject not in servers:
+                continue
             for other in (*others, *rivals):
                 ratios[f"{subject}/{other}"] = round_ratio(group, subject, other)
                 if other != "smtp-sink":  # a C sink's CPU is no reference for Python's
@@ -679,7 +723,10 @@ def print_report(
                 )
             for error in e["errors"][:2]:
                 print(f"      error: {error[:300]}", file=out)
-        for prefixes in (("typed/", "rss_"), (f"{UVLOOP}/",), ("cpu typed/",), (f"cpu {UVLOOP}/",)):
+        groups: list[tuple[str, ...]] = [("typed/", "rss_"), ("cpu typed/",)]
+        for variant in TYPED_VARIANTS[1:]:
+            groups += [(f"{variant}/",), (f"cpu {variant}/",)]
+        for prefixes in groups:
             ratios = [f"{k} {v:.2f}x" for k, v in block.items() if k.startswith(prefixes) and v]
             if ratios:
                 print("  " + "   ".join(ratios), file=out)
@@ -771,25 +818,32 @@ def rival_verdicts(block: dict[str, Any]) -> list[dict[str, Any]]:
     if RIVAL in servers:
         goals = RIVAL_SPEED.get(name)
         if goals is not None:
-            for subject, goal in ((UVLOOP, goals[0]), ("typed", goals[1])):
+            pairs = ((UVLOOP, goals[0]), ("typed", goals[1]))
+            pairs += ((COMPILED_UVLOOP, goals[0]), (COMPILED, goals[1]))
+            for subject, goal in pairs:
                 if subject in servers:
                     key = f"{subject}/{RIVAL}"
                     out.append(verdict(block, key, block.get(key), goal))
         if name == "W3":
-            key = f"typed/{RIVAL}"
-            out.append(verdict(block, key, block.get(key), RIVAL_W3))
+            for subject in ("typed", COMPILED):
+                if subject in servers:
+                    key = f"{subject}/{RIVAL}"
+                    out.append(verdict(block, key, block.get(key), RIVAL_W3))
     limits: list[tuple[str, float]] = []
     if name == "W2":
         limits = [(UVLOOP, CPU_PER_MESSAGE_W2[0]), ("typed", CPU_PER_MESSAGE_W2[1])]
+        limits += [(COMPILED_UVLOOP, CPU_PER_MESSAGE_W2[0]), (COMPILED, CPU_PER_MESSAGE_W2[1])]
     elif name == "W4":
-        limits = [(UVLOOP, CPU_PER_CONNECTION_W4)]
+        limits = [(UVLOOP, CPU_PER_CONNECTION_W4), (COMPILED_UVLOOP, CPU_PER_CONNECTION_W4)]
     for subject, limit in limits:
         if subject in servers:
             value = servers[subject].get("cpu_us_per_unit")
             out.append(verdict(block, f"{subject} server CPU us", value, limit, higher=False))
-    if name == "W5" and "typed" in servers:
-        value = servers["typed"].get("rss_per_connection_kib")
-        out.append(verdict(block, "typed KiB per idle connection", value, IDLE_KIB_TARGET, False))
+    for subject in ("typed", COMPILED):
+        if name == "W5" and subject in servers:
+            value = servers[subject].get("rss_per_connection_kib")
+            what = f"{subject} KiB per idle connection"
+            out.append(verdict(block, what, value, IDLE_KIB_TARGET, False))
     return out
 
 
@@ -868,6 +922,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help=f"also build typed_smtpd with TYPED_SMTPD_COMPILE=1 (mypyc) and run it as {COMPILED} "
+        f"and {COMPILED_UVLOOP}",
+    )
+    parser.add_argument(
         "--peers",
         type=Path,
         metavar="DIR",
@@ -906,7 +966,7 @@ def peer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         name = name.strip()
         if not sep or not name or "{port}" not in command:
             raise SystemExit(f"--target {spec!r}: expected NAME=COMMAND with {{port}} in it")
-        if name in (*ALL_SERVERS, BASELINE, OBSERVED, UVLOOP):
+        if name in (*ALL_SERVERS, *TYPED_VARIANTS, BASELINE, OBSERVED):
             raise SystemExit(f"--target {spec!r}: {name} is the name of a built-in server")
         commands[name] = shlex.split(command)
     return commands
@@ -938,7 +998,11 @@ def choose_servers(args: argparse.Namespace) -> list[str]:
     servers = [s.strip() for s in (args.servers or ",".join(ALL_SERVERS)).split(",") if s.strip()]
     extra = list(args.commands)
     servers += [name for name in extra if name not in servers]
-    unknown = set(servers) - {*ALL_SERVERS, BASELINE, OBSERVED, UVLOOP, *extra}
+    if args.compiled:
+        servers += [name for name in (COMPILED, COMPILED_UVLOOP) if name not in servers]
+    elif COMPILED in servers or COMPILED_UVLOOP in servers:
+        raise SystemExit(f"the servers {COMPILED} and {COMPILED_UVLOOP} need --compiled")
+    unknown = set(servers) - {*ALL_SERVERS, *TYPED_VARIANTS, BASELINE, OBSERVED, *extra}
     if unknown:
         raise SystemExit(f"unknown server: {', '.join(sorted(unknown))}")
     if BASELINE in servers and not args.baseline:
@@ -956,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
     args.commands = peer_commands(args)
     workloads = select_workloads(args, args.workloads)
     servers = choose_servers(args)
-    if (args.uvloop or UVLOOP in servers) and not importable("uvloop"):
+    if (args.uvloop or UVLOOP in servers or args.compiled) and not importable("uvloop"):
         raise SystemExit("--uvloop needs uvloop: python -m pip install 'typed-smtpd[speed]'")
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     unknown = set(clients) - set(ALL_CLIENTS)
@@ -972,6 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline = (
                 stack.enter_context(baseline_worktree(args.baseline)) if args.baseline else None
             )
+            args.compiled_tree = stack.enter_context(compiled_build()) if args.compiled else None
             return benchmark(args, workloads, servers, clients, baseline)
     except KeyboardInterrupt:  # during set-up or the report: the runs catch their own
         print("\ninterrupted", file=sys.stderr)
@@ -1025,6 +1090,7 @@ def benchmark(
         smtp_sink=smtp_sink,
         baseline_tree=baseline[0] if baseline is not None else None,
         commands=args.commands,
+        compiled_tree=args.compiled_tree,
     )
     if client_cores:
         os.sched_setaffinity(0, client_cores)

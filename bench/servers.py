@@ -1,7 +1,8 @@
 """Start one benchmark server in this process: typed_smtpd, aiosmtpd or a bare ceiling sink.
 
 Usage: ``python bench/servers.py KIND PORT [--max-connections N] [--timeout SECONDS] [--uvloop]
-[--profile FILE] [--tree DIR] [--check]``, KIND one of typed, typed-base, typed-observed, aiosmtpd,
+[--profile FILE] [--tree DIR] [--check]``, KIND one of typed, typed-base, typed-compiled,
+typed-observed, aiosmtpd,
 ceiling, ceiling-buffered.
 
 Every server is started the same way, with ``loop.create_server`` on 127.0.0.1 and the same
@@ -14,7 +15,10 @@ reads CPU time and memory from /proc.
 
 ``typed-base`` is ``typed`` with typed_smtpd imported from another source tree, ``--tree DIR`` (a
 checkout of an earlier revision, for a before/after comparison); the server refuses to start
-unless the package really comes from that tree. ``--check`` imports the server's code, prints
+unless the package really comes from that tree. ``typed-compiled`` is the same with ``--tree`` a
+directory that holds a build made with ``TYPED_SMTPD_COMPILE=1`` (the protocol core compiled with
+mypyc; ``pip install --target DIR``), and refuses to start unless the engine there is compiled.
+``--check`` imports the server's code, prints
 ``typed_smtpd VERSION FILE`` (or ``ok`` for the others) and exits without listening.
 """
 
@@ -49,26 +53,28 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def import_from_tree(tree: Path) -> None:
+def import_from_tree(tree: Path, kind: str) -> None:
     """Import typed_smtpd from the source tree ``tree``, ahead of any installed copy.
 
-    Exits with a message if it is already imported, or if the import resolves anywhere else.
+    Exits with a message if it is already imported, or if the import resolves anywhere else (for
+    ``typed-compiled``, also if the engine there is not compiled).
     """
     root = tree.resolve()
     if not (root / "typed_smtpd" / "__init__.py").is_file():
-        raise SystemExit(f"typed-base: no typed_smtpd package in {root}")
+        raise SystemExit(f"{kind}: no typed_smtpd package in {root}")
     if "typed_smtpd" in sys.modules:
-        raise SystemExit("typed-base: typed_smtpd was imported before its tree was put on the path")
+        raise SystemExit(f"{kind}: typed_smtpd was imported before its tree was put on the path")
     sys.path.insert(0, str(root))
     import typed_smtpd
     from typed_smtpd import smtp
+    from typed_smtpd.proto import engine
 
-    for module in (typed_smtpd, smtp):
+    for module in (typed_smtpd, smtp, engine):
         where = Path(module.__file__ or "").resolve()
         if not where.is_relative_to(root):
-            raise SystemExit(
-                f"typed-base: {module.__name__} imported from {where}, not from {root}"
-            )
+            raise SystemExit(f"{kind}: {module.__name__} imported from {where}, not from {root}")
+    if kind == "typed-compiled" and where.suffix != ".so":
+        raise SystemExit(f"{kind}: {engine.__name__} in {root} is not compiled ({where.name})")
 
 
 def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.BaseProtocol]:
@@ -162,6 +168,7 @@ def ceiling_buffered_factory(
 FACTORIES: dict[str, Callable[[int, float], Callable[[], asyncio.BaseProtocol]]] = {
     "typed": typed_factory,
     "typed-base": typed_factory,  # the same server, its package imported from --tree
+    "typed-compiled": typed_factory,  # the same again, from a compiled build in --tree
     "typed-observed": typed_observed_factory,
     "aiosmtpd": aiosmtpd_factory,
     "ceiling": ceiling_factory,
@@ -200,13 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the serving here")
-    parser.add_argument("--tree", type=Path, help="typed-base: import typed_smtpd from this tree")
+    parser.add_argument(
+        "--tree", type=Path, help="typed-base, typed-compiled: import typed_smtpd from this tree"
+    )
     parser.add_argument("--check", action="store_true", help="import, say from where, and exit")
     args = parser.parse_args(argv)
-    if (args.kind == "typed-base") != (args.tree is not None):
-        parser.error("--tree goes with typed-base, and typed-base needs --tree")
+    if (args.kind in ("typed-base", "typed-compiled")) != (args.tree is not None):
+        parser.error("--tree goes with typed-base and typed-compiled, and they need --tree")
     if args.tree is not None:
-        import_from_tree(args.tree)
+        import_from_tree(args.tree, args.kind)
     if args.check:
         FACTORIES[args.kind](args.max_connections, args.timeout)
         package = sys.modules.get("typed_smtpd")

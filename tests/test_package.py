@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.machinery
 import importlib.resources
 import importlib.util
 import inspect
@@ -327,10 +328,20 @@ def _class_or_function_docstring(obj: object) -> str | None:
     return ast.get_docstring(definition)
 
 
+def _compiled(obj: object) -> bool:
+    """Whether ``obj`` was defined in a module compiled with mypyc (``TYPED_SMTPD_COMPILE=1``),
+    which keeps no docstrings of classes and functions: the pure-Python runs check those."""
+    module = obj if inspect.ismodule(obj) else sys.modules.get(getattr(obj, "__module__", ""))
+    file = getattr(module, "__file__", None) or ""
+    return file.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def _undocumented(module: ModuleType) -> list[str]:
     missing = []
     for name in _all_of(module):
         obj = getattr(module, name)
+        if _compiled(obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)):
+            continue
         if inspect.ismodule(obj):
             documented = bool(obj.__doc__ and obj.__doc__.strip())
         elif typing.get_origin(obj) is not None:
@@ -361,7 +372,8 @@ def test_top_level_all_is_sorted_and_exists() -> None:
 @pytest.mark.parametrize("module_name", [*PUBLIC_MODULES, *_proto_submodules()])
 def test_public_module_all(module_name: str) -> None:
     module = _import_public(module_name)
-    assert (module.__doc__ or "").strip(), f"{module_name} has no module docstring"
+    if not _compiled(module):  # (mypyc keeps no module docstring either)
+        assert (module.__doc__ or "").strip(), f"{module_name} has no module docstring"
     names = _all_of(module)
     _assert_sorted(names, module_name)
     missing = [name for name in names if not hasattr(module, name)]

@@ -163,7 +163,7 @@ class ImplicitTLS(asyncio.Protocol):
         timeout = min(TLS_HANDSHAKE_TIMEOUT, smtp.limits.timeout)
         try:
             tls = await loop.start_tls(
-                transport,
+                cast("asyncio.WriteTransport", transport),  # as every stream transport is
                 self,  # until the SMTP instance takes over: it keeps what arrives early
                 self.context,
                 server_side=True,

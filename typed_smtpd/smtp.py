@@ -20,7 +20,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Generator, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from typed_smtpd._connections import (
     HIGH_WATER,
@@ -661,7 +661,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         self.engine.wait_on_client(True)
         try:
             new_transport = await self.loop.start_tls(
-                transport,
+                cast("asyncio.WriteTransport", transport),  # as every stream transport is
                 self,
                 self.tls_context,
                 server_side=True,

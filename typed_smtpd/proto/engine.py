@@ -58,6 +58,7 @@ from typed_smtpd.proto.commands import (
     split_path_and_params,
 )
 from typed_smtpd.proto.data import ContentFilter, process_content
+from typed_smtpd.proto.errors import EngineError as EngineError
 from typed_smtpd.proto.framing import (
     NEED_DATA,
     BadLine,
@@ -303,12 +304,17 @@ class CallHook:
     args: tuple[Any, ...] = ()
 
 
+#: The annotation of :attr:`HandleError.error`: a module-level name, which compiled dataclasses
+#: resolve (a builtin's name they do not).
+_HookError = Exception
+
+
 @dataclass(frozen=True, slots=True)
 class HandleError:
     """A hook raised ``error``: call the handler's ``handle_exception(error)`` and resume with
     the reply it returned."""
 
-    error: Exception
+    error: _HookError
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,10 +422,6 @@ class Expiry(Enum):
     IDLE = auto()
     #: A handler hook (or other user code) did not answer within ``timeout`` seconds.
     HOOK = auto()
-
-
-class EngineError(RuntimeError):
-    """The engine was driven out of order by its adapter (a bug in the adapter)."""
 
 
 class _InvalidHookReply(Exception):
