@@ -79,6 +79,8 @@ TEST_DEPS = [
     "uvloop; sys_platform != 'win32'",
 ]
 INTEROP_DEPS = ["aiosmtplib", "trustme", "prometheus-client"]
+#: The release tests/test_aiosmtpd_replies.py compares typed_smtpd's replies="aiosmtpd" with.
+AIOSMTPD = "aiosmtpd==1.4.6"
 DOCS_DEPS = ["sphinx>=7.2", "furo", "sphinx-copybutton"]
 LINT_TARGETS = [
     "typed_smtpd",
@@ -105,7 +107,7 @@ def tests(session: nox.Session) -> None:
     Tests marked ``slow`` run on the primary version (3.11) only, to keep the whole matrix fast.
     """
     session.install("-e", ".")
-    session.install(*TEST_DEPS, *INTEROP_DEPS)
+    session.install(*TEST_DEPS, *INTEROP_DEPS, AIOSMTPD)
     markers = [] if session.python == PRIMARY_PYTHON else ["-m", "not slow"]
     session.run("pytest", "-n", "auto", *markers, *session.posargs, env=_hypothesis_env("ci"))
     if not session.posargs:

@@ -89,6 +89,9 @@ CASES: dict[str, Case] = {
     "NOT_ASCII": Case(
         R.NOT_ASCII, [EHLO, ("NOOP caf\u00e9\r\n".encode(), 1)], {"enable_SMTPUTF8": False}
     ),
+    "NON_ASCII_VERB": Case(
+        R.NON_ASCII_VERB, [EHLO, ("caf\u00e9\r\n".encode(), 1)], {"enable_SMTPUTF8": False}
+    ),
     "NUL_IN_COMMAND": Case(R.NUL_IN_COMMAND, [EHLO, (b"NO\x00OP\r\n", 1)]),
     "BAD_LINE_ENDING": Case(R.BAD_LINE_ENDING, [EHLO, (b"NOOP\n", 1)]),
     "HELLO_FIRST": Case(R.HELLO_FIRST, [(b"MAIL FROM:<a@b.test>\r\n", 1)], enhanced=False),
@@ -96,6 +99,9 @@ CASES: dict[str, Case] = {
     "CANNOT_VRFY": Case(R.CANNOT_VRFY, [EHLO, (b"VRFY <a@b.test>\r\n", 1)]),
     "TLS_NOT_AVAILABLE": Case(R.TLS_NOT_AVAILABLE, [EHLO, (b"STARTTLS\r\n", 1)]),
     "EHLO_FIRST": Case(R.EHLO_FIRST, [(PLAIN_ALICE, 1)], AUTH_OK, enhanced=False),
+    "AUTH_AFTER_HELO": Case(
+        R.AUTH_AFTER_HELO, [(b"HELO client.test\r\n", 1), (PLAIN_ALICE, 1)], AUTH_OK, enhanced=False
+    ),
     "AUTH_SUCCESS": Case(R.AUTH_SUCCESS, [EHLO, (PLAIN_ALICE, 1)], AUTH_OK),
     "AUTH_ALREADY": Case(R.AUTH_ALREADY, [EHLO, (PLAIN_ALICE, 1), (PLAIN_ALICE, 1)], AUTH_OK),
     "AUTH_FAILED": Case(
@@ -221,6 +227,9 @@ CASES: dict[str, Case] = {
     ),
     "syntax": Case(R.syntax("RSET"), [EHLO, (b"RSET now\r\n", 1)]),
     "unrecognized": Case(R.unrecognized("FROB"), [EHLO, (b"FROB\r\n", 1)]),
+    "vrfy_unparsable": Case(
+        R.vrfy_unparsable("not an address"), [EHLO, (b"VRFY not an address\r\n", 1)]
+    ),
     "call_limit_exceeded": Case(
         R.call_limit_exceeded("NOOP"),
         [EHLO, (b"NOOP\r\n", 1), (b"NOOP\r\n", 1)],

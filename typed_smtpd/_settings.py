@@ -24,6 +24,7 @@ from typed_smtpd.hooks import AuthHook, HookRegistry, mechanism_name
 from typed_smtpd.monitoring import ServerStats
 from typed_smtpd.proto.auth import AuthResult, LoginPassword
 from typed_smtpd.proto.engine import (
+    AIOSMTPD_BOGUS_LIMIT,
     Authenticate,
     CallHook,
     CallLegacy,
@@ -35,7 +36,7 @@ from typed_smtpd.proto.engine import (
     RunMechanism,
     StreamMessage,
 )
-from typed_smtpd.proto.limits import Limits
+from typed_smtpd.proto.limits import BOGUS_LIMIT, Limits
 from typed_smtpd.proto.proxy import parse_trusted_networks
 from typed_smtpd.stream import MessageStream
 
@@ -261,7 +262,8 @@ def shared_settings(
 ) -> ServerSettings:
     """The settings of the server ``server`` belongs to: cached per server class, handler,
     announced name, TLS context and every other constructor argument, and built on a miss.
-    ``options`` holds the constructor's arguments by name (others in it are ignored).
+    ``options`` holds the constructor's arguments by name (others in it are ignored; without
+    ``replies`` the server's replies are typed_smtpd's own).
 
     ``commands`` maps each verb of the server class to its ``smtp_VERB`` method, ``mechanisms``
     each AUTH mechanism of the class to the name of its ``auth_*`` method.
@@ -280,7 +282,7 @@ def shared_settings(
         cls.AuthLoginUsernameChallenge,
         cls.AuthLoginPasswordChallenge,
     )
-    values = _option_values(options)
+    values = (*_option_values(options), _replies(options))
     key = (*head, *values)
     try:
         hash(key)
@@ -297,12 +299,22 @@ def shared_settings(
 
 
 def _normalized(options: Mapping[str, Any]) -> dict[str, Any]:
+    replies = _replies(options)
+    bogus_limit = options["bogus_limit"]
+    if replies == "aiosmtpd" and bogus_limit == BOGUS_LIMIT:
+        bogus_limit = AIOSMTPD_BOGUS_LIMIT  # the fifth unknown command ends it, as in aiosmtpd
     return {
         **dict(zip(_OPTION_NAMES, _option_values(options), strict=True)),
+        "replies": replies,
+        "bogus_limit": bogus_limit,
         "ident": IDENT if options["ident"] is None else options["ident"],
         "auth_exclude_mechanism": tuple(options["auth_exclude_mechanism"] or ()),
         "proxy_trusted_networks": tuple(options["proxy_trusted_networks"] or ()),
     }
+
+
+def _replies(options: Mapping[str, Any]) -> Any:
+    return options.get("replies", "typed")
 
 
 def _warn_about(options: Mapping[str, Any]) -> None:
@@ -366,6 +378,7 @@ def _build(
         ident=options["ident"],
         limits=limits,
         lmtp=lmtp,
+        replies=options["replies"],
         enhanced_status_codes=options["enhanced_status_codes"],
         smtputf8=options["enable_SMTPUTF8"],
         decode_data=options["decode_data"],

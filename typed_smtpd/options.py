@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from typed_smtpd.proto.limits import BareNewlinePolicy
+    from typed_smtpd.proto.replies import ReplyStyle
     from typed_smtpd.smtp import AuthCallbackType, AuthenticatorType, ConnectionTracker
 
 __all__ = [
@@ -63,6 +64,7 @@ class _SharedOptions(TypedDict, total=False):
     max_auth_failures: int
     proxy_trusted_networks: Iterable[str] | None
     enhanced_status_codes: bool
+    replies: ReplyStyle
     enable_CRAM_MD5: bool
     connection_tracker: ConnectionTracker | None
 

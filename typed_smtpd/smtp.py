@@ -194,6 +194,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         max_auth_failures: int = MAX_AUTH_FAILURES,
         proxy_trusted_networks: Iterable[str] | None = None,
         enhanced_status_codes: bool = True,
+        replies: R.ReplyStyle = "typed",
         enable_CRAM_MD5: bool = False,
         connection_tracker: ConnectionTracker | None = None,
     ) -> None:

@@ -5,7 +5,8 @@ Directives (each takes no argument and no content):
 ``.. reply-catalogue::``
    Every :class:`~typed_smtpd.proto.replies.Reply` of :mod:`typed_smtpd.proto.replies` (and the
    sequencing reply of :mod:`typed_smtpd.proto.state`) as a table: name, code, enhanced code,
-   text; then the reply factories with an example of each.
+   text, and aiosmtpd's line where it is not the plain form; then the reply factories with an
+   example of each.
 ``.. limits-table::``
    The fields of :class:`~typed_smtpd.proto.limits.Limits` with their defaults, and the ``Final``
    constants of :mod:`typed_smtpd.proto.limits` with the reasoning of their ``#:`` comments.
@@ -125,10 +126,17 @@ class ReplyCatalogue(_Generated):
         found.append(("state.BAD_SEQUENCE", state.BAD_SEQUENCE))
         found.sort(key=lambda item: (item[1].code, item[1].enhanced or "", item[0]))
         rows = [
-            (_literal(name), str(reply.code), _literal(reply.enhanced or "-"), _literal(reply.text))
+            (
+                _literal(name),
+                str(reply.code),
+                _literal(reply.enhanced or "-"),
+                _literal(reply.text),
+                _literal(reply.aiosmtpd or "-"),
+            )
             for name, reply in found
         ]
-        catalogue = table(["Name", "Code", "Enhanced", "Text"], rows, [26, 6, 9, 59])
+        headers = ["Name", "Code", "Enhanced", "Text", 'With replies="aiosmtpd"']
+        catalogue = table(headers, rows, [22, 5, 8, 36, 29])
 
         examples: list[tuple[str, Callable[..., replies.Reply], tuple[object, ...]]] = [
             ("greeting", replies.greeting, ("mail.example.com", "typed_smtpd 1.0")),
@@ -139,6 +147,7 @@ class ReplyCatalogue(_Generated):
             ("help_syntax", replies.help_syntax, ("NOOP [ignored]",)),
             ("chunk_received", replies.chunk_received, (4096,)),
             ("recipient_delivered", replies.recipient_delivered, ("bart@example.com",)),
+            ("vrfy_unparsable", replies.vrfy_unparsable, ("two words",)),
         ]
         documented = {name for name, _, _ in examples}
         missing = sorted(

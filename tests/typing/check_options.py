@@ -38,6 +38,8 @@ def controllers() -> None:
     Controller(Handler(), data_size_limit="10M")  # type: ignore[arg-type]
     Controller(Handler(), data_size_limt=1000)  # type: ignore[call-arg]
     Controller(Handler(), bare_newline="drop")  # type: ignore[arg-type]
+    Controller(Handler(), port=0, replies="aiosmtpd", enhanced_status_codes=False)
+    Controller(Handler(), replies="aiosmtp")  # type: ignore[arg-type]
     QuietSMTP(Handler(), enable_SMTPUTF8=True, command_call_limit={"NOOP": 5})
     QuietSMTP(Handler(), timeout="soon")  # type: ignore[arg-type]
 

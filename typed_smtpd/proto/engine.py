@@ -75,7 +75,7 @@ from typed_smtpd.proto.limits import Limits
 from typed_smtpd.proto.monitor import SILENT, Monitor
 from typed_smtpd.proto.params import MailParams, MailPolicy, mail_params, rcpt_params
 from typed_smtpd.proto.proxy import IPNetwork, ProxyData, is_trusted_peer, parse_proxy_header
-from typed_smtpd.proto.replies import Reply
+from typed_smtpd.proto.replies import REPLY_STYLES, Reply, ReplyStyle
 from typed_smtpd.proto.state import (
     BAD_SEQUENCE,
     TRANSITIONS,
@@ -124,14 +124,19 @@ log: logging.Logger = logging.getLogger("mail.log")
 
 #: Before STARTTLS under ``require_starttls``, only these commands are accepted (RFC 3207).
 ALLOWED_BEFORE_STARTTLS: Final = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
+#: aiosmtpd's list, for SMTP servers that answer as aiosmtpd did (its LMTP refused LHLO too).
+_AIOSMTPD_BEFORE_STARTTLS: Final = ALLOWED_BEFORE_STARTTLS - {"LHLO"}
 #: Commands that need a successful AUTH first when ``auth_required`` is set.
 AUTH_GATED: Final = frozenset({"HELP", "VRFY", "MAIL", "RCPT", "DATA", "BDAT"})
 _REPLY_LINE: Final = re.compile(r"[2-5][0-9]{2}(?:[ -][^\r\n\x00]*)?")
 _BDAT_ARG: Final = re.compile(r"(\d{1,12})(?: +(LAST))?", re.IGNORECASE)
 #: The DSN record of a recipient without NOTIFY or ORCPT (immutable, so shared).
 _NO_DSN: Final = RecipientDSN()
-_MAIL_USAGE: Final = ("MAIL FROM: <address>", " [SP <mail-parameters>]")
-_RCPT_USAGE: Final = ("RCPT TO: <address>", " [SP <rcpt-parameters>]")
+#: A command's syntax, its ESMTP parameters (shown after EHLO), and aiosmtpd's wording of those.
+_MAIL_USAGE: Final = ("MAIL FROM: <address>", " [SP <mail-parameters>]", " [SP <mail-parameters>]")
+_RCPT_USAGE: Final = ("RCPT TO: <address>", " [SP <rcpt-parameters>]", " [SP <mail-parameters>]")
+#: aiosmtpd's bound on unknown commands (it has no setting), used unless ``bogus_limit`` is set.
+AIOSMTPD_BOGUS_LIMIT: Final = 5
 
 
 # --- what the engine is given -------------------------------------------------------------------
@@ -187,6 +192,13 @@ class EngineConfig:
     the engine's place (:class:`RunCommand`). ``mechanisms`` are the AUTH mechanisms offered;
     ``engine_mechanisms`` those of them the engine runs itself (PLAIN, LOGIN, CRAM-MD5), the
     others are run by the adapter (:class:`RunMechanism`).
+
+    ``replies="aiosmtpd"`` makes the server answer as aiosmtpd 1.4.6 did: every reply it sends
+    on its own has aiosmtpd's line (:attr:`Reply.aiosmtpd <typed_smtpd.proto.replies.Reply>`),
+    EHLO advertises what aiosmtpd advertised (no ``PIPELINING``, ``ENHANCEDSTATUSCODES``,
+    ``CHUNKING``, ``BINARYMIME`` or ``DSN``; ``enhanced_status_codes`` is then ignored), the
+    built-in BDAT is an unknown command, and the checks aiosmtpd made in another order are made
+    in its order (see "Replies as aiosmtpd's" in the migration guide).
     """
 
     hostname: str
@@ -212,7 +224,12 @@ class EngineConfig:
     custom_commands: frozenset[str] = frozenset()
     help: Mapping[str, HelpEntry] = field(default_factory=dict)
     help_verbs: tuple[str, ...] = ()
+    replies: ReplyStyle = "typed"
     # Derived once, here, rather than per connection or per command.
+    #: Whether the server answers as aiosmtpd did (``replies="aiosmtpd"``).
+    aiosmtpd: bool = field(init=False, repr=False)
+    #: The commands accepted before STARTTLS under ``require_starttls``.
+    before_starttls: frozenset[str] = field(init=False, repr=False)
     greeting: Reply = field(init=False, repr=False)
     _ehlo_plain: tuple[str, ...] = field(init=False, repr=False)
     _ehlo_tls: tuple[str, ...] = field(init=False, repr=False)
@@ -231,16 +248,31 @@ class EngineConfig:
         for text in (self.hostname, self.ident):
             if "\r" in text or "\n" in text:
                 raise ValueError("hostname and ident must not contain CR or LF")
+        if self.replies not in REPLY_STYLES:
+            raise ValueError(
+                f"replies must be one of {', '.join(REPLY_STYLES)}; got {self.replies!r}"
+            )
         set_ = object.__setattr__
+        aiosmtpd = self.replies == "aiosmtpd"
+        set_(self, "aiosmtpd", aiosmtpd)
+        if aiosmtpd and not self.lmtp:
+            set_(self, "before_starttls", _AIOSMTPD_BEFORE_STARTTLS)
+        else:
+            set_(self, "before_starttls", ALLOWED_BEFORE_STARTTLS)
         set_(self, "greeting", R.greeting(self.hostname, self.ident))
         set_(self, "_ehlo_plain", self._ehlo_lines(tls_active=False))
         set_(self, "_ehlo_tls", self._ehlo_lines(tls_active=True))
+        # aiosmtpd knew SIZE, BODY=7BIT|8BITMIME (unless decode_data) and SMTPUTF8; what it did
+        # not advertise is refused as aiosmtpd refused it. AUTH= stays (AUTH is advertised).
         policies = tuple(
             MailPolicy(
                 size_limit=self.limits.data_size_limit,
                 smtputf8=self.smtputf8,
-                binarymime=not self.decode_data,
+                binarymime=not self.decode_data and not aiosmtpd,
                 tls_active=tls,
+                body=not (aiosmtpd and self.decode_data),
+                dsn=not aiosmtpd,
+                requiretls=not aiosmtpd,
             )
             for tls in (False, True)
         )
@@ -256,10 +288,25 @@ class EngineConfig:
         missing = set(unknown) - self.custom_commands
         if missing:
             raise ValueError(f"no built-in command {', '.join(sorted(missing))}: name it custom")
+        if aiosmtpd:
+            self._as_aiosmtpd(dispatch)
         set_(self, "dispatch", dispatch)
         set_(self, "streaming", "handle_DATA_stream" in self.hooks)
         takers = {"handle_DATA", "handle_DATA_stream", "process_message"}
-        set_(self, "discarding", not self.lmtp and not takers & self.hooks)
+        # aiosmtpd decoded every message under decode_data, taken or not, and refused 8-bit ones.
+        dropped = not self.lmtp and not takers & self.hooks
+        set_(self, "discarding", dropped and not (aiosmtpd and self.decode_data))
+
+    def _as_aiosmtpd(self, dispatch: dict[str, _Builtin | None]) -> None:
+        """aiosmtpd's commands: no built-in BDAT (CHUNKING is not advertised), and its HELP
+        text for RCPT."""
+        if "BDAT" not in self.custom_commands:
+            dispatch.pop("BDAT", None)
+            verbs = tuple(verb for verb in self.help_verbs if verb != "BDAT")
+            object.__setattr__(self, "help_verbs", verbs)
+        if "RCPT" not in self.custom_commands and "RCPT" in self.help:
+            entry = HelpEntry(_RCPT_USAGE[0], _RCPT_USAGE[2])
+            object.__setattr__(self, "help", {**self.help, "RCPT": entry})
 
     def _ehlo_lines(self, *, tls_active: bool) -> tuple[str, ...]:
         lines = [f"250-{self.hostname}"]
@@ -269,13 +316,14 @@ class EngineConfig:
             lines.append("250-8BITMIME")
         if self.smtputf8:
             lines.append("250-SMTPUTF8")
-        lines.append("250-PIPELINING")
-        if self.enhanced_status_codes:
-            lines.append("250-ENHANCEDSTATUSCODES")
-        lines.append("250-CHUNKING")
-        if not self.decode_data:  # BODY=BINARYMIME is accepted exactly then (RFC 3030)
-            lines.append("250-BINARYMIME")
-        lines.append("250-DSN")  # RET, ENVID, NOTIFY and ORCPT reach the hooks (RFC 3461)
+        if not self.aiosmtpd:  # aiosmtpd advertised none of these
+            lines.append("250-PIPELINING")
+            if self.enhanced_status_codes:
+                lines.append("250-ENHANCEDSTATUSCODES")
+            lines.append("250-CHUNKING")
+            if not self.decode_data:  # BODY=BINARYMIME is accepted exactly then (RFC 3030)
+                lines.append("250-BINARYMIME")
+            lines.append("250-DSN")  # RET, ENVID, NOTIFY and ORCPT reach the hooks (RFC 3461)
         if self.tls_available and not tls_active:
             lines.append("250-STARTTLS")
         if self.mechanisms and (tls_active or not self.auth_require_tls):
@@ -407,6 +455,7 @@ WAIT_EVENT: Final = _Wait.EVENT
 _WAIT: Final = WAIT_EVENT
 #: Where a shutdown closes the connection at once: no transaction to finish.
 _IDLE_STATES: Final = (State.GREETED, State.READY)
+_IN_TRANSACTION: Final = (State.HAVE_SENDER, State.HAVE_RECIPIENT)
 _WAIT_BYTES: Final = _Wait.BYTES
 
 #: What a command generator yields: a request for the adapter, or a wait for input.
@@ -481,6 +530,7 @@ class ServerEngine(Generic[S, E]):
     """
 
     __slots__ = (
+        "_aiosmtpd",
         "_auth_failures",
         "_auth_mechanism",
         "_auth_user",
@@ -569,7 +619,8 @@ class ServerEngine(Generic[S, E]):
         self._expect: Callable[[Event], Steps | None] | None = None
         self._tls_refused = False
         self._gated = config.require_starttls or config.call_limits is not None
-        self._enhanced_codes = config.enhanced_status_codes
+        self._aiosmtpd = config.aiosmtpd
+        self._enhanced_codes = config.enhanced_status_codes and not config.aiosmtpd
         self._shutdown_requested = False
         self._bogus = 0
         self._auth_failures = 0
@@ -726,15 +777,18 @@ class ServerEngine(Generic[S, E]):
         return bool(self._out)
 
     def reply(self, reply: Reply) -> None:
-        """Queue one reply from the catalogue (enhanced codes once the client sent EHLO)."""
+        """Queue one reply from the catalogue (enhanced codes once the client sent EHLO; with
+        ``replies="aiosmtpd"``, aiosmtpd's line)."""
         code = reply.code
         if not 300 <= code < 400:
             self.final_replies += 1
             if code >= 400 or self._message_open:
                 self._report(reply)
         if not self.closed:
-            enhanced = self._enhanced_codes and self.session.extended_smtp
-            self._out.append(reply._wire_enhanced if enhanced else reply._wire)
+            if self._enhanced_codes and self.session.extended_smtp:
+                self._out.append(reply._wire_enhanced)
+            else:
+                self._out.append(reply._wire_aiosmtpd if self._aiosmtpd else reply._wire)
 
     def send_line(self, line: bytes) -> None:
         """Queue raw reply lines (CRLF included), as a hook's ``push()`` sends them."""
@@ -768,8 +822,9 @@ class ServerEngine(Generic[S, E]):
 
     @property
     def enhanced(self) -> bool:
-        """Whether replies carry enhanced status codes now (ESMTP clients, when enabled)."""
-        return self.config.enhanced_status_codes and self.session.extended_smtp
+        """Whether replies carry enhanced status codes now (ESMTP clients, when enabled; never
+        with ``replies="aiosmtpd"``, whose replies carry the codes aiosmtpd gave them)."""
+        return self._enhanced_codes and self.session.extended_smtp
 
     def request_shutdown(self) -> None:
         """The server is stopping: close at once when idle, else after the current command or
@@ -868,7 +923,10 @@ class ServerEngine(Generic[S, E]):
             self.close()
             return MISSING
         if isinstance(event, BadLine):
-            self.reply(event.reply)
+            bad = event.reply
+            if self._aiosmtpd and bad in (R.NOT_ASCII, R.NON_ASCII_VERB):
+                bad = R.AUTH_BAD_BASE64  # what aiosmtpd's base64 decoder made of it
+            self.reply(bad)
             return MISSING
         assert isinstance(event, Line)
         line = event.text.strip()
@@ -1001,7 +1059,8 @@ class ServerEngine(Generic[S, E]):
             return self._on_line(event)
         if isinstance(event, BadLine):
             self.reply(event.reply)
-            self._count_bogus()
+            if not self._aiosmtpd:  # aiosmtpd counted unknown commands only
+                self._count_bogus()
             return None
         raise EngineError(f"unexpected event outside DATA/BDAT: {event!r}")
 
@@ -1010,6 +1069,17 @@ class ServerEngine(Generic[S, E]):
         if self._bogus >= self.config.limits.bogus_limit:
             self.reply(R.TOO_MANY_UNRECOGNIZED)
             self.close()
+
+    def _unknown(self, verb: str) -> None:
+        """Answer a command the server does not know; aiosmtpd answered the last one tolerated
+        with the farewell alone."""
+        if self._aiosmtpd and self._bogus + 1 >= self.config.limits.bogus_limit:
+            self._bogus += 1
+            self.reply(R.TOO_MANY_UNRECOGNIZED)
+            self.close()
+            return
+        self.reply(R.unrecognized(verb))
+        self._count_bogus()
 
     def _on_line(self, line: Line) -> Steps | None:
         # parse_command(), inline: this runs for every command line.
@@ -1020,10 +1090,11 @@ class ServerEngine(Generic[S, E]):
         if log.isEnabledFor(logging.DEBUG):
             name = getattr(self.monitor, "id", None) or repr(self.peer)  # the session id, if any
             log.debug("%s >> %s", name, sanitize(line.text))
-        malformed = self._malformed(verb, line.size)
+        malformed = self._malformed(verb, line)
         if malformed is not None:
             self.reply(malformed)
-            self._count_bogus()
+            if not self._aiosmtpd:  # aiosmtpd counted unknown commands only
+                self._count_bogus()
             return None
         if self._gated or self._tls_refused:
             refusal = self._gate(verb)
@@ -1033,8 +1104,7 @@ class ServerEngine(Generic[S, E]):
                 return None
         run = self.config.dispatch.get(verb, _UNKNOWN)
         if run is _UNKNOWN:
-            self.reply(R.unrecognized(verb))
-            self._count_bogus()
+            self._unknown(verb)
             return None
         if self.config.auth_required and verb in AUTH_GATED and not self.session.authenticated:
             return self.refuse_command(verb, arg, R.AUTH_REQUIRED)
@@ -1047,23 +1117,39 @@ class ServerEngine(Generic[S, E]):
             return self._run_custom(verb, arg)
         return run(self, arg)
 
-    def _malformed(self, verb: str, size: int) -> Reply | None:
+    def _malformed(self, verb: str, line: Line) -> Reply | None:
         """The refusal of a line that is no command at all (counted as a bad command)."""
-        if not verb or not verb.isascii() or not verb.isalnum():
-            return R.BAD_SYNTAX
-        limits = self.config.limits
-        if size > limits.command_size_limit and size > limits.command_limit(
-            verb, extended=self.session.extended_smtp
+        if (not verb or not verb.isascii() or not verb.isalnum()) and not (
+            # aiosmtpd took any ASCII word (even an empty one) for a verb it did not know.
+            self._aiosmtpd and line.text and verb.isascii()
         ):
+            return R.BAD_SYNTAX
+        size = line.size
+        limits = self.config.limits
+        if size > limits.command_size_limit and size > self._command_limit(verb):
             return R.COMMAND_TOO_LONG
         return None
+
+    def _command_limit(self, verb: str) -> int:
+        """The longest command line accepted for ``verb`` now, CRLF included."""
+        limits = self.config.limits
+        extended = self.session.extended_smtp
+        if not self._aiosmtpd:
+            return limits.command_limit(verb, extended=extended)
+        # aiosmtpd did not count the CRLF, and after EHLO let MAIL grow by what SIZE and
+        # SMTPUTF8 add to it (RFC 1870, RFC 6531) only.
+        limit = limits.command_size_limit + 2
+        if extended and verb == "MAIL":
+            limit += 26 if limits.data_size_limit else 0
+            limit += 10 if self.config.smtputf8 else 0
+        return limit
 
     def _misplaced(self, verb: str) -> Reply | None:
         """The refusal of a known command that the dialog so far rules out before it runs."""
         state = self.state
         if verb == "AUTH" and state is not State.GREETED and not self.session.extended_smtp:
             # An ESMTP extension (RFC 4954): a client that greeted with HELO does not know it.
-            return R.unrecognized(verb)
+            return R.AUTH_AFTER_HELO
         if state is State.IN_BDAT and verb not in _BDAT_ALLOWED:
             # Between BDAT chunks only what the state table allows (RFC 3030 section 2).
             known = _VERBS.get(verb)  # a subclass's own command is no Verb of the table
@@ -1075,7 +1161,7 @@ class ServerEngine(Generic[S, E]):
         if self._tls_refused and verb != "QUIT":
             return R.SECURITY_REFUSED
         config = self.config
-        if config.require_starttls and not self.tls_active and verb not in ALLOWED_BEFORE_STARTTLS:
+        if config.require_starttls and not self.tls_active and verb not in config.before_starttls:
             return R.STARTTLS_FIRST
         counts = self._call_counts
         if counts is not None:
@@ -1133,10 +1219,12 @@ class ServerEngine(Generic[S, E]):
         if self.state is not State.GREETED:
             self.state = State.READY
 
-    def _usage(self, usage: tuple[str, str]) -> None:
+    def _usage(self, usage: tuple[str, str, str]) -> None:
         """Answer 501 with the command's syntax (its ESMTP parameters only after EHLO)."""
-        text = usage[0] + usage[1] if self.session.extended_smtp else usage[0]
-        self.reply(R.syntax(text))
+        if self.session.extended_smtp:
+            self.reply(R.syntax(usage[0] + usage[1], usage[0] + usage[2]))
+        else:
+            self.reply(R.syntax(usage[0]))
 
     # HELO, EHLO, LHLO
 
@@ -1168,7 +1256,8 @@ class ServerEngine(Generic[S, E]):
 
     def _ehlo(self, hostname: str | None, verb: Verb = Verb.EHLO) -> Steps | None:
         if not hostname:
-            self.reply(R.syntax(f"{verb.value} hostname"))
+            # aiosmtpd's LHLO ran its EHLO command, syntax error included.
+            self.reply(R.syntax(f"{verb.value} hostname", "EHLO hostname"))
             return None
         session = self.session
         self._reset_transaction()
@@ -1277,7 +1366,10 @@ class ServerEngine(Generic[S, E]):
                 arg if arg.startswith("<") else f"<{arg}>", allow_null=False, allow_postmaster=True
             )
         except PathError:
-            self.reply(R.VRFY_UNPARSABLE)
+            self.reply(R.vrfy_unparsable(arg))
+            return None
+        if self._aiosmtpd and self._local_part_too_long(address):
+            self.reply(R.vrfy_unparsable(arg))
             return None
         if "handle_VRFY" not in self.config.hooks:
             self.reply(R.CANNOT_VRFY)
@@ -1304,10 +1396,12 @@ class ServerEngine(Generic[S, E]):
     # MAIL, RCPT
 
     def _path_command(
-        self, verb: Verb, arg: str | None, keyword: str, usage: tuple[str, str]
+        self, verb: Verb, arg: str | None, keyword: str, usage: tuple[str, str, str]
     ) -> tuple[str, list[str]] | None:
         """The address and parameters of ``MAIL FROM:`` or ``RCPT TO:``, or ``None`` after
         refusing the command (out of sequence, no path, malformed)."""
+        if self._aiosmtpd:
+            return self._path_command_as_aiosmtpd(verb, arg, keyword, usage)
         if not self._sequence_ok(verb):
             return None
         if not arg or arg[: len(keyword)].upper() != keyword:
@@ -1331,13 +1425,52 @@ class ServerEngine(Generic[S, E]):
             return None
         return address, params
 
+    def _path_command_as_aiosmtpd(
+        self, verb: Verb, arg: str | None, keyword: str, usage: tuple[str, str, str]
+    ) -> tuple[str, list[str]] | None:
+        """:meth:`_path_command` in aiosmtpd's order: the address and its local part first,
+        then parameters where none are allowed, then a ``MAIL`` during a transaction."""
+        nested = verb is Verb.MAIL and self.state in _IN_TRANSACTION
+        if not nested and not self._sequence_ok(verb):
+            return None
+        if not arg or arg[: len(keyword)].upper() != keyword:
+            self._usage(usage)
+            return None
+        path, params_text = split_path_and_params(arg[len(keyword) :])
+        if not path.startswith("<"):
+            self._usage(usage)
+            return None
+        try:
+            mail = verb is Verb.MAIL
+            address = parse_path(path, allow_null=mail, allow_postmaster=not mail)
+        except PathError:
+            self.reply(R.MALFORMED_ADDRESS)
+            return None
+        if self._local_part_too_long(address):
+            self.reply(R.LOCAL_PART_TOO_LONG)
+            return None
+        if params_text and not self.session.extended_smtp:
+            self._usage(usage)
+            return None
+        if nested and not self._sequence_ok(verb):
+            return None
+        try:
+            params = parse_params(params_text)
+        except ParamError:
+            self._usage(usage)
+            return None
+        return address, params
+
+    def _local_part_too_long(self, address: str) -> bool:
+        limit = self.config.limits.local_part_limit
+        return bool(limit) and len(address.rpartition("@")[0]) > limit
+
     def _mail(self, arg: str | None) -> Steps | None:
         command = self._path_command(Verb.MAIL, arg, "FROM:", _MAIL_USAGE)
         if command is None:
             return None
         address, params = command
-        limit = self.config.limits.local_part_limit
-        if limit and len(address.rpartition("@")[0]) > limit:
+        if self._local_part_too_long(address):
             self.reply(R.LOCAL_PART_TOO_LONG)
             return None
         parsed = mail_params(params, self.config.mail_policy(tls_active=self.tls_active))
@@ -1375,7 +1508,7 @@ class ServerEngine(Generic[S, E]):
         if command is None:
             return None
         address, params = command
-        parsed = rcpt_params(params)
+        parsed = rcpt_params(params, dsn=not self._aiosmtpd)
         if isinstance(parsed, Reply):
             self.reply(parsed)
             return None
@@ -1419,7 +1552,8 @@ class ServerEngine(Generic[S, E]):
     # DATA, BDAT
 
     def _data(self, arg: str | None) -> Steps | None:
-        if arg:
+        # aiosmtpd looked at the sequence first, then at the argument.
+        if arg and not (self._aiosmtpd and not allowed(self.state, Verb.DATA)):
             self.reply(R.syntax("DATA"))
             return None
         if not self._sequence_ok(Verb.DATA):
@@ -1865,7 +1999,8 @@ class ServerEngine(Generic[S, E]):
             return None
         if "handle_AUTH" in self.config.hooks:
             return self._auth_hooked(args)
-        mechanism = args[0].upper()
+        # aiosmtpd compared the name as sent (its names are upper case).
+        mechanism = args[0] if self._aiosmtpd else args[0].upper()
         if mechanism not in config.mechanisms:
             self.reply(R.AUTH_NO_MECHANISM)
             return None

@@ -26,6 +26,7 @@ from typed_smtpd.proto.replies import (
     BAD_LINE_ENDING,
     COMMAND_TOO_LONG,
     DATA_TOO_LARGE,
+    NON_ASCII_VERB,
     NOT_ASCII,
     NUL_IN_COMMAND,
     Reply,
@@ -331,7 +332,7 @@ class Receiver:
         if raw.isascii():
             return Line(raw.decode("ascii"), size)
         if not self.utf8:
-            return BadLine(NOT_ASCII)
+            return BadLine(NOT_ASCII if raw.partition(b" ")[0].isascii() else NON_ASCII_VERB)
         return Line(raw.decode("utf-8", "surrogateescape"), size)
 
     def _next_data(self) -> Event | _NeedData:

@@ -26,17 +26,28 @@ __all__ = [
 
 _MAIL_USAGE: Final = "MAIL FROM: <address> [SP <mail-parameters>]"
 _RCPT_USAGE: Final = "RCPT TO: <address> [SP <rcpt-parameters>]"
+#: What aiosmtpd answers to any parameter it cannot read, for MAIL and RCPT alike.
+_AIOSMTPD_USAGE: Final = {"MAIL": _MAIL_USAGE, "RCPT": "RCPT TO: <address> [SP <mail-parameters>]"}
 _NOTIFY_VALUES: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
 @dataclass(frozen=True, slots=True)
 class MailPolicy:
-    """What the server accepts on MAIL: its size cap, and which extensions are on."""
+    """What the server accepts on MAIL: its size cap, and which extensions are on.
+
+    ``body``: the ``BODY`` parameter (8BITMIME); ``binarymime``: ``BODY=BINARYMIME`` too;
+    ``dsn``: ``RET`` and ``ENVID`` (RFC 3461); ``requiretls``: ``REQUIRETLS`` (RFC 8689), which
+    is accepted over TLS only (``tls_active``). A parameter of an extension that is off gets
+    ``555``, as any unknown parameter.
+    """
 
     size_limit: int | None = None
     smtputf8: bool = False
     binarymime: bool = True
     tls_active: bool = False
+    body: bool = True
+    dsn: bool = True
+    requiretls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +76,24 @@ _NO_MAIL_PARAMS: Final = MailParams()
 _NO_RCPT_PARAMS: Final = RcptParams()
 
 
-def _split(params: list[str], usage: str) -> list[tuple[str, bool, str]] | Reply:
+def _split(params: list[str], verb: str) -> list[tuple[str, bool, str]] | Reply:
     seen: set[str] = set()
     result = []
     for param in params:
         keyword, has_value, value = param.partition("=")
         key = keyword.upper()
         if key in seen:
-            return R.syntax(usage)
+            return _syntax(verb)
         seen.add(key)
         result.append((key, bool(has_value), value))
     return result
+
+
+def _syntax(verb: str, usage: str | None = None) -> Reply:
+    """501 for parameters that cannot be read: ``usage`` names the one that is wrong; aiosmtpd
+    repeats the command's syntax."""
+    aiosmtpd = _AIOSMTPD_USAGE[verb]
+    return R.syntax(usage or (_MAIL_USAGE if verb == "MAIL" else _RCPT_USAGE), aiosmtpd)
 
 
 def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
@@ -89,7 +107,7 @@ def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
     """
     if not params:
         return _NO_MAIL_PARAMS
-    split = _split(params, _MAIL_USAGE)
+    split = _split(params, "MAIL")
     if isinstance(split, Reply):
         return split
     size: int | None = None
@@ -101,11 +119,11 @@ def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
     for key, has_value, value in split:
         if key == "SIZE":
             if not has_value or not value.isdigit() or len(value) > 20:
-                return R.syntax("MAIL FROM: <address> SIZE=<number>")
+                return _syntax("MAIL", "MAIL FROM: <address> SIZE=<number>")
             size = int(value)
             if policy.size_limit and size > policy.size_limit:
                 return R.MAIL_SIZE_TOO_LARGE
-        elif key == "BODY":
+        elif key == "BODY" and policy.body:
             upper = value.upper()
             if upper == "7BIT":
                 body = "7BIT"
@@ -121,7 +139,7 @@ def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
             if not policy.smtputf8:
                 return R.MAIL_SMTPUTF8_DISABLED
             smtp_utf8 = True
-        elif key == "RET":
+        elif key == "RET" and policy.dsn:
             upper = value.upper()
             if upper == "FULL":
                 ret = "FULL"
@@ -129,7 +147,7 @@ def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
                 ret = "HDRS"
             else:
                 return R.syntax("MAIL FROM: <address> RET=FULL|HDRS")
-        elif key == "ENVID":
+        elif key == "ENVID" and policy.dsn:
             try:
                 envid = xtext_decode(value)
             except ParamError:
@@ -140,22 +158,25 @@ def mail_params(params: list[str], policy: MailPolicy) -> MailParams | Reply:
                 auth = value if value == "<>" else xtext_decode(value)
             except ParamError:
                 return R.syntax("MAIL FROM: <address> AUTH=<xtext>")
-        elif key == "REQUIRETLS" and policy.tls_active and not has_value:
+        elif key == "REQUIRETLS" and policy.requiretls and policy.tls_active and not has_value:
             requiretls = True  # RFC 8689: only meaningful over TLS
         else:
             return R.MAIL_PARAM_UNRECOGNIZED
     return MailParams(size, body, smtp_utf8, ret, envid, auth, requiretls)
 
 
-def rcpt_params(params: list[str]) -> RcptParams | Reply:
-    """Validate RCPT parameters.
+def rcpt_params(params: list[str], *, dsn: bool = True) -> RcptParams | Reply:
+    """Validate RCPT parameters (``NOTIFY`` and ``ORCPT`` unless ``dsn`` is off: then any
+    parameter gets ``555``).
 
     >>> rcpt_params(["NOTIFY=success,delay", "ORCPT=rfc822;a+40b.test"])
     RcptParams(notify=('SUCCESS', 'DELAY'), orcpt='rfc822;a@b.test')
     """
     if not params:
         return _NO_RCPT_PARAMS
-    split = _split(params, _RCPT_USAGE)
+    if not dsn:
+        return R.RCPT_PARAM_UNRECOGNIZED
+    split = _split(params, "RCPT")
     if isinstance(split, Reply):
         return split
     notify: tuple[str, ...] = ()

@@ -192,9 +192,10 @@ def _forward_hooks(target: object, wrapped: object, skip: Iterable[str]) -> None
 
 
 def _default_reply(server: SMTP, reply: R.Reply) -> str:
-    # The engine sends enhanced codes to clients that greeted with EHLO (when enabled); a hook
-    # answering in the engine's place does the same.
-    return reply.line(enhanced=server.engine.enhanced)
+    # The engine sends enhanced codes to clients that greeted with EHLO (when enabled), or
+    # aiosmtpd's lines; a hook answering in the engine's place does the same.
+    engine = server.engine
+    return reply.line(enhanced=engine.enhanced, style=engine.config.replies)
 
 
 async def _deliver_without_hook(
@@ -295,7 +296,7 @@ class RecordingHandler:
         common = getattr(envelope, _COMMON_STATUS, None)
         if isinstance(common, str):
             return common
-        return _default_reply(server, R.Reply(250, f"<{recipient}> OK", "2.1.5"))
+        return _default_reply(server, R.recipient_delivered(recipient))
 
     def _hook(self, name: str) -> Any:
         return getattr(self.wrapped, name, None) if self.wrapped is not None else None
@@ -1105,7 +1106,7 @@ def _refuse_misconfigured(injector: FaultInjector, server: SMTP) -> str:
         ", ".join(stages),
         type(server).__qualname__,
     )
-    return _reply_and_close(server, MISCONFIGURED_FAULTS.line(enhanced=server.engine.enhanced))
+    return _reply_and_close(server, _default_reply(server, MISCONFIGURED_FAULTS))
 
 
 def _reply_and_close(server: SMTP, line: str) -> str:
