@@ -12,6 +12,7 @@ import aiosmtplib
 import pytest
 
 from tests.support import Recorder, connected, running
+from typed_smtpd.handlers import Sink
 from typed_smtpd.proto import replies as R
 from typed_smtpd.session import Envelope, Session
 from typed_smtpd.smtp import SMTP, syntax
@@ -366,8 +367,11 @@ def test_decode_data() -> None:
     assert recorder.envelopes[0].original_content == b"caf\xc3\xa9\r\n"
 
 
-def test_decode_data_strict_ascii_without_smtputf8() -> None:
-    with running(decode_data=True, enable_SMTPUTF8=False) as server, connected(server) as c:
+@pytest.mark.parametrize("handler", [None, Sink()], ids=["a DATA hook", "no hook"])
+def test_decode_data_strict_ascii_without_smtputf8(handler: object) -> None:
+    # Whether a hook takes the message or not, decode_data refuses what does not decode.
+    options = {"decode_data": True, "enable_SMTPUTF8": False}
+    with running(handler, **options) as server, connected(server) as c:
         c.cmd("EHLO client.test")
         c.cmd("MAIL FROM:<a@b.test>")
         c.cmd("RCPT TO:<c@d.test>")

@@ -293,9 +293,10 @@ class EngineConfig:
         set_(self, "dispatch", dispatch)
         set_(self, "streaming", "handle_DATA_stream" in self.hooks)
         takers = {"handle_DATA", "handle_DATA_stream", "process_message"}
-        # aiosmtpd decoded every message under decode_data, taken or not, and refused 8-bit ones.
+        # Under decode_data every message is decoded, taken or not (so refused alike when it does
+        # not decode), as aiosmtpd did.
         dropped = not self.lmtp and not takers & self.hooks
-        set_(self, "discarding", dropped and not (aiosmtpd and self.decode_data))
+        set_(self, "discarding", dropped and not self.decode_data)
 
     def _as_aiosmtpd(self, dispatch: dict[str, _Builtin | None]) -> None:
         """aiosmtpd's commands: no built-in BDAT (CHUNKING is not advertised), and its HELP
