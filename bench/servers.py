@@ -95,9 +95,11 @@ def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.
 def typed_observed_factory(
     max_connections: int, timeout: float
 ) -> Callable[[], asyncio.BaseProtocol]:
-    """``typed`` as an operator runs it: every event line at INFO to a log file (in a temporary
-    directory, removed at exit; a plain ``FileHandler``, each line written at once) and the
-    counters served to Prometheus on a free port."""
+    """``typed`` as an operator runs it: logging configured as the command line configures it
+    (:func:`typed_smtpd.monitoring.configure_logging`: every event line at INFO, written in
+    batches, the records without the fields the format does not show), to a log file in a
+    temporary directory (removed at exit) instead of standard error, and the counters served to
+    Prometheus on a free port."""
     import atexit
     import logging
     import shutil
@@ -105,20 +107,15 @@ def typed_observed_factory(
 
     from typed_smtpd import smtp
     from typed_smtpd.metrics import serve_metrics
+    from typed_smtpd.monitoring import configure_logging
 
-    # What the logging HOWTO's "Optimization" section suggests for a busy process: no
-    # thread, process or caller information gathered for records that do not show it.
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    logging._srcfile = None
     directory = tempfile.mkdtemp(prefix="typed-observed-")
     atexit.register(shutil.rmtree, directory, True)
-    handler = logging.FileHandler(Path(directory) / "mail.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("mail.log")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # Opened for appending, as a shell's 2>> or systemd's StandardError=append: does. Closed
+    # by the interpreter at exit, after logging.shutdown() has written what waits.
+    log_file = open(Path(directory) / "mail.log", "a", encoding="utf-8")  # noqa: SIM115
+    if configure_logging(logging.INFO, log_file, lean=True) is None:
+        raise SystemExit("typed-observed: the root logger has handlers already")
     tracker = smtp.ConnectionTracker(max_connections=max_connections)
     serve_metrics(tracker.stats.snapshot)
     sink = Sink()

@@ -59,6 +59,7 @@ from typed_smtpd.controller import (
     _set_socket_access,
     _socket_group,
 )
+from typed_smtpd.monitoring import configure_logging, flush_logs
 from typed_smtpd.proto.limits import DATA_TIMEOUT
 from typed_smtpd.session import AuthResult, LoginPassword
 
@@ -848,6 +849,7 @@ def _where(config: _Config) -> str:
 
 def _print_banner(where: str, description: str) -> None:
     """Say on standard error that the server is listening (the line scripts wait for)."""
+    flush_logs()  # after the lines logged before it
     print(f"{PROG} {__version__} listening on {where} ({description})", file=sys.stderr, flush=True)
 
 
@@ -993,11 +995,14 @@ def _reason(error: OSError) -> str:
 
 def _run(main: Coroutine[Any, Any, None], config: _Config) -> None:
     """Run ``main`` to completion on asyncio's event loop, or on uvloop's with ``--uvloop``."""
-    if config.uvloop:
-        # Imported by name: uvloop is an optional dependency, absent where type checks run.
-        importlib.import_module("uvloop").run(main, debug=config.debug >= 2)
-    else:
-        asyncio.run(main, debug=config.debug >= 2)
+    try:
+        if config.uvloop:
+            # Imported by name: uvloop is an optional dependency, absent where type checks run.
+            importlib.import_module("uvloop").run(main, debug=config.debug >= 2)
+        else:
+            asyncio.run(main, debug=config.debug >= 2)
+    finally:
+        flush_logs()  # the lines of the last moments, before any error line (or os._exit)
 
 
 # --- worker processes ----------------------------------------------------------------------------
@@ -1229,11 +1234,10 @@ class _Supervisor:
 
 
 def _configure_logging(level: int) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if level >= 1 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # basicConfig's format and stream, with a handler that writes the lines of a busy server
+    # in batches and a formatter that makes each second's time text once; the records skip
+    # the fields the format does not show (see configure_logging).
+    configure_logging(logging.DEBUG if level >= 1 else logging.INFO, sys.stderr, lean=True)
 
 
 def main(args: Sequence[str] | None = None) -> int:
