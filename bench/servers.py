@@ -96,7 +96,7 @@ def typed_observed_factory(
     max_connections: int, timeout: float
 ) -> Callable[[], asyncio.BaseProtocol]:
     """``typed`` as an operator runs it: logging configured as the command line configures it
-    (:func:`typed_smtpd.monitoring.configure_logging`: every event line at INFO, written in
+    (:func:`typed_smtpd.logs.configure_logging`: every event line at INFO, written in
     batches, the records without the fields the format does not show), to a log file in a
     temporary directory (removed at exit) instead of standard error, and the counters served to
     Prometheus on a free port."""
@@ -106,8 +106,8 @@ def typed_observed_factory(
     import tempfile
 
     from typed_smtpd import smtp
+    from typed_smtpd.logs import configure_logging
     from typed_smtpd.metrics import serve_metrics
-    from typed_smtpd.monitoring import configure_logging
 
     directory = tempfile.mkdtemp(prefix="typed-observed-")
     atexit.register(shutil.rmtree, directory, True)

@@ -24,16 +24,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from typed_smtpd import monitoring
-from typed_smtpd.monitoring import (
+from typed_smtpd import logs, monitoring
+from typed_smtpd.logs import (
     LOG_FORMAT,
     CachedTimeFormatter,
-    ConnectionMonitor,
     DeferredFlushHandler,
-    ServerStats,
     configure_logging,
     flush_logs,
 )
+from typed_smtpd.monitoring import ConnectionMonitor, ServerStats
 from typed_smtpd.proto.replies import Reply
 
 WAIT = 10.0
@@ -213,7 +212,7 @@ def test_at_exit_logging_writes_what_waits(tmp_path: Path) -> None:
     path = tmp_path / "mail.log"
     script = f"""
 import asyncio, logging
-from typed_smtpd.monitoring import DeferredFlushHandler
+from typed_smtpd.logs import DeferredFlushHandler
 handler = DeferredFlushHandler(open({str(path)!r}, "a", encoding="utf-8"), delay=3600)
 log = logging.getLogger("x")
 log.addHandler(handler)
@@ -288,18 +287,18 @@ def test_writes_to_a_pipe_hold_whole_lines_within_pipe_buf(
 
 
 def test_the_limit_of_one_write(tmp_path: Path) -> None:
-    assert monitoring._write_limit(io.StringIO()) is None
+    assert logs._write_limit(io.StringIO()) is None
     with (tmp_path / "file").open("w") as regular:
-        assert monitoring._write_limit(regular) is None
+        assert logs._write_limit(regular) is None
     read_end, write_end = os.pipe()
     try:
         with open(write_end, "w") as pipe:
-            assert monitoring._write_limit(pipe) == select.PIPE_BUF
+            assert logs._write_limit(pipe) == select.PIPE_BUF
     finally:
         os.close(read_end)
     lines = ["a" * 30 + "\n"] * 10 + ["b" * 200 + "\n"]
-    assert list(monitoring._chunks(lines, None)) == ["".join(lines)]
-    chunks = list(monitoring._chunks(lines, 100))
+    assert list(logs._chunks(lines, None)) == ["".join(lines)]
+    chunks = list(logs._chunks(lines, 100))
     assert "".join(chunks) == "".join(lines)
     assert [len(chunk) for chunk in chunks] == [93, 93, 93, 31, 201]  # a long line goes alone
 

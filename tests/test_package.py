@@ -54,6 +54,7 @@ PUBLIC_MODULES = (
     "typed_smtpd.handlers",
     "typed_smtpd.hooks",
     "typed_smtpd.lmtp",
+    "typed_smtpd.logs",
     "typed_smtpd.options",
     "typed_smtpd.proto",
     "typed_smtpd.proxy_protocol",

@@ -59,7 +59,7 @@ from typed_smtpd.controller import (
     _set_socket_access,
     _socket_group,
 )
-from typed_smtpd.monitoring import configure_logging, flush_logs
+from typed_smtpd.logs import configure_logging, flush_logs
 from typed_smtpd.proto.limits import DATA_TIMEOUT
 from typed_smtpd.session import AuthResult, LoginPassword
 
