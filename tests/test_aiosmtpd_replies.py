@@ -930,6 +930,8 @@ def test_bogus_limit_is_aiosmtpds_unless_given() -> None:
     assert limit() == 10
     assert limit(replies="aiosmtpd") == 5
     assert limit(replies="aiosmtpd", bogus_limit=3) == 3
+    assert limit(replies="aiosmtpd", bogus_limit=10) == 10  # given, so kept
+    assert limit(bogus_limit=None) == limit() == 10
 
 
 def test_ehlo_lines_as_aiosmtpd_builds_them() -> None:

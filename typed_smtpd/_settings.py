@@ -301,8 +301,8 @@ def shared_settings(
 def _normalized(options: Mapping[str, Any]) -> dict[str, Any]:
     replies = _replies(options)
     bogus_limit = options["bogus_limit"]
-    if replies == "aiosmtpd" and bogus_limit == BOGUS_LIMIT:
-        bogus_limit = AIOSMTPD_BOGUS_LIMIT  # the fifth unknown command ends it, as in aiosmtpd
+    if bogus_limit is None:  # the fifth unknown command ends it, as in aiosmtpd, in its mode
+        bogus_limit = AIOSMTPD_BOGUS_LIMIT if replies == "aiosmtpd" else BOGUS_LIMIT
     return {
         **dict(zip(_OPTION_NAMES, _option_values(options), strict=True)),
         "replies": replies,

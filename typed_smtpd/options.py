@@ -59,7 +59,7 @@ class _SharedOptions(TypedDict, total=False):
     proxy_protocol_timeout: float | None
     bare_newline: BareNewlinePolicy
     max_recipients: int | None
-    bogus_limit: int
+    bogus_limit: int | None
     data_timeout: float
     max_auth_failures: int
     proxy_trusted_networks: Iterable[str] | None

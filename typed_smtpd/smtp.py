@@ -189,7 +189,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         loop: asyncio.AbstractEventLoop | None = None,
         bare_newline: BareNewlinePolicy = "reject",
         max_recipients: int | None = MAX_RECIPIENTS,
-        bogus_limit: int = BOGUS_LIMIT,
+        bogus_limit: int | None = None,
         data_timeout: float = DATA_TIMEOUT,
         max_auth_failures: int = MAX_AUTH_FAILURES,
         proxy_trusted_networks: Iterable[str] | None = None,

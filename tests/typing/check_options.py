@@ -47,7 +47,7 @@ def controllers() -> None:
 async def in_loop() -> None:
     async with serve(Handler(), port=0, server_class=QuietSMTP, max_auth_failures=1):
         pass
-    async with serve(Handler(), port=0, bogus_limit=None):  # type: ignore[arg-type]
+    async with serve(Handler(), port=0, bogus_limit="5"):  # type: ignore[arg-type]
         pass
 
 
