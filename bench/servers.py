@@ -77,11 +77,18 @@ def import_from_tree(tree: Path, kind: str) -> None:
         raise SystemExit(f"{kind}: {engine.__name__} in {root} is not compiled ({where.name})")
 
 
-def typed_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.BaseProtocol]:
-    """Build typed_smtpd's protocol factory, with one connection tracker for the listener."""
+def typed_factory(
+    max_connections: int, timeout: float, *, observed: bool = False
+) -> Callable[[], asyncio.BaseProtocol]:
+    """Build typed_smtpd's protocol factory, with one connection tracker for the listener (its
+    counters served to Prometheus when ``observed``)."""
     from typed_smtpd import smtp
 
     tracker = smtp.ConnectionTracker(max_connections=max_connections)
+    if observed:
+        from typed_smtpd.metrics import serve_metrics
+
+        serve_metrics(tracker.stats.snapshot)
     handler = Sink()
 
     def factory() -> asyncio.BaseProtocol:
@@ -105,9 +112,7 @@ def typed_observed_factory(
     import shutil
     import tempfile
 
-    from typed_smtpd import smtp
     from typed_smtpd.logs import configure_logging
-    from typed_smtpd.metrics import serve_metrics
 
     directory = tempfile.mkdtemp(prefix="typed-observed-")
     atexit.register(shutil.rmtree, directory, True)
@@ -116,16 +121,7 @@ def typed_observed_factory(
     log_file = open(Path(directory) / "mail.log", "a", encoding="utf-8")  # noqa: SIM115
     if configure_logging(logging.INFO, log_file, lean=True) is None:
         raise SystemExit("typed-observed: the root logger has handlers already")
-    tracker = smtp.ConnectionTracker(max_connections=max_connections)
-    serve_metrics(tracker.stats.snapshot)
-    sink = Sink()
-
-    def factory() -> asyncio.BaseProtocol:
-        protocol = smtp.SMTP(sink, hostname=HOSTNAME, timeout=timeout)
-        protocol.connection_tracker = tracker
-        return protocol
-
-    return factory
+    return typed_factory(max_connections, timeout, observed=True)
 
 
 def aiosmtpd_factory(max_connections: int, timeout: float) -> Callable[[], asyncio.Protocol]:
