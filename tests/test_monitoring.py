@@ -4,6 +4,7 @@ scripted run of good and bad clients over real sockets."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import re
 import socket
@@ -276,6 +277,15 @@ def test_snapshots_add_up() -> None:
     assert total.messages_accepted == 5
     assert dict(total.limits) == {"size": 3, "recipients": 1}
     assert StatsSnapshot() + StatsSnapshot() == StatsSnapshot()
+
+
+def test_a_snapshot_has_every_counter_of_the_live_stats() -> None:
+    # The two classes list the counters twice (one mutable, one frozen): they must agree.
+    live = [f.name for f in dataclasses.fields(ServerStats)]
+    assert [f.name for f in dataclasses.fields(StatsSnapshot)] == live
+    stats = ServerStats(**{name: index + 1 for index, name in enumerate(live[:-1])})
+    snapshot = stats.snapshot()
+    assert [getattr(snapshot, name) for name in live[:-1]] == list(range(1, len(live)))
 
 
 def test_peers_are_shown_as_operators_read_them() -> None:
