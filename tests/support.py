@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from typed_smtpd.controller import Controller
@@ -15,6 +19,23 @@ from typed_smtpd.smtp import SMTP
 from typed_smtpd.stream import MessageStream
 
 TIMEOUT = 10.0
+
+# A Unix socket's path has room for 107 bytes on Linux and 103 on macOS. pytest's tmp_path, and a
+# TMPDIR such as the one nox gives each session inside the project, can be longer than that.
+SOCKET_ROOT_MAX = 48
+
+
+@contextmanager
+def socket_dir() -> Iterator[Path]:
+    """A fresh directory short enough for Unix socket paths; removed afterwards."""
+    root = tempfile.gettempdir()
+    if len(root) > SOCKET_ROOT_MAX and os.path.isdir("/tmp"):
+        root = "/tmp"
+    directory = tempfile.mkdtemp(prefix="tsmtpd", dir=root)
+    try:
+        yield Path(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclass

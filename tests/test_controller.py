@@ -11,12 +11,10 @@ import concurrent.futures
 import contextlib
 import errno
 import os
-import shutil
 import smtplib
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import socket_dir
 from typed_smtpd import controller as controller_module
 from typed_smtpd.controller import (
     DEFAULT_READY_TIMEOUT,
@@ -181,11 +180,8 @@ def unix_dialog(path: str, handler: RecordingHandler) -> None:
 @pytest.fixture
 def socket_path() -> Iterator[Path]:
     """A socket path in a fresh, short temporary directory (Unix paths are length-limited)."""
-    directory = tempfile.mkdtemp(prefix="tsmtpd")
-    try:
-        yield Path(directory) / "smtp.sock"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with socket_dir() as directory:
+        yield directory / "smtp.sock"
 
 
 @pytest.fixture(autouse=True)

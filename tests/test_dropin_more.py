@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.message
-import shutil
 import smtplib
 import socket
 import ssl
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
+from tests.support import socket_dir
 from typed_smtpd.controller import (
     BaseController,
     Controller,
@@ -68,14 +67,11 @@ def with_factory(base: type[_ControllerT], server_class: type[SMTP]) -> type[_Co
     return cast("type[_ControllerT]", type(base.__name__, (base,), {"factory": factory}))
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
+@pytest.fixture(name="socket_dir")
+def socket_dir_fixture() -> Iterator[Path]:
     """A fresh, short temporary directory (Unix socket paths are length-limited)."""
-    directory = tempfile.mkdtemp(prefix="tsmtpd")
-    try:
-        yield Path(directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with socket_dir() as directory:
+        yield directory
 
 
 def greet(address: str | tuple[str, int]) -> None:

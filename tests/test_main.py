@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import socket_dir as short_socket_dir
 from typed_smtpd import __version__
 from typed_smtpd.main import (
     DEFAULT_HOST,
@@ -463,9 +464,16 @@ def test_size_zero_means_unlimited() -> None:
         assert server.stop() == 0
 
 
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A fresh directory short enough for a Unix socket's path."""
+    with short_socket_dir() as directory:
+        yield directory
+
+
 @pytest.mark.integration
-def test_unix_socket_mode_and_group(tmp_path: Path) -> None:
-    path = tmp_path / "lmtp.sock"
+def test_unix_socket_mode_and_group(socket_dir: Path) -> None:
+    path = socket_dir / "lmtp.sock"
     gid = os.getgid()
     args = ["-n", "--lmtp", "--unix-socket", str(path), "--socket-mode", "0660"]
     args += ["--socket-group", str(gid), "-c", "typed_smtpd.handlers.Sink"]
@@ -481,15 +489,15 @@ def test_unix_socket_mode_and_group(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
-def test_root_unix_socket_for_another_group(tmp_path: Path) -> None:
+def test_root_unix_socket_for_another_group(socket_dir: Path) -> None:
     """Started as root, the socket file gets its group before the switch to "nobody"."""
     import grp
 
     group = next((g for g in grp.getgrall() if g.gr_gid not in (0, os.getgid())), None)
     if group is None:
         pytest.skip("no group other than root's")
-    tmp_path.chmod(0o755)
-    path = tmp_path / "lmtp.sock"
+    socket_dir.chmod(0o755)
+    path = socket_dir / "lmtp.sock"
     args = ["--lmtp", "--unix-socket", str(path), "--socket-mode", "0660"]
     args += ["--socket-group", group.gr_name, "-c", "typed_smtpd.handlers.Sink"]
     with typed_smtpd(*args) as server:
@@ -548,8 +556,8 @@ def test_data_timeout() -> None:
 
 
 @pytest.mark.integration
-def test_lmtp_on_a_unix_socket(tmp_path: Path) -> None:
-    path = str(tmp_path / "lmtp.sock")
+def test_lmtp_on_a_unix_socket(socket_dir: Path) -> None:
+    path = str(socket_dir / "lmtp.sock")
     args = ["-n", "--lmtp", "--unix-socket", path, "-c", "typed_smtpd.handlers.Debugging"]
     with typed_smtpd(*args) as server:
         assert f"listening on unix:{path} (LMTP, handler" in server.banner

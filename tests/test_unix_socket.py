@@ -12,10 +12,12 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import socket_dir
 from typed_smtpd.controller import (
     UnixSocketController,
     UnixSocketUnthreadedController,
@@ -28,10 +30,10 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def socket_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def socket_path() -> Iterator[Path]:
     """A socket path short enough for every OS (pytest's tmp_path can be too long)."""
-    directory = tmp_path_factory.mktemp("sock", numbered=True)
-    return directory / "s.sock"
+    with socket_dir() as directory:
+        yield directory / "s.sock"
 
 
 def greeting(path: Path) -> bytes:
