@@ -78,6 +78,43 @@ def test_the_cached_time_is_what_logging_formatter_writes(
         assert cached.format(record) == expected.format(record)
 
 
+@given(
+    base=st.floats(min_value=0.0, max_value=4e9, allow_nan=False),
+    steps=st.lists(st.floats(min_value=0.0, max_value=1.5), min_size=1, max_size=30),
+    datefmt=st.sampled_from([None, "%d/%m/%Y %H:%M:%S"]),
+    msec_format=st.sampled_from(["%s,%03d", "%s.%03d"]),
+    utc=st.booleans(),
+)
+def test_a_batch_of_lines_taken_without_records_reads_as_the_records_would(
+    base: float, steps: list[float], datefmt: str | None, msec_format: str, utc: bool
+) -> None:
+    """The batch writer's text for each (time, message) is what logging.Formatter makes of the
+    record: within a second, across seconds, with a time format of its own, in UTC."""
+    formatter = CachedTimeFormatter(LOG_FORMAT, datefmt)
+    expected_formatter = logging.Formatter(LOG_FORMAT, datefmt)
+    formatter.default_msec_format = expected_formatter.default_msec_format = msec_format
+    if utc:
+        formatter.converter = expected_formatter.converter = time.gmtime
+    pending: list[logs._Pending] = []
+    created = base
+    for step in steps:
+        created += step
+        pending.append((created, f"event {len(pending)}", formatter))
+    pending.insert(len(pending) // 2, "a line made from its record\n")
+    expected = []
+    for line in pending:
+        if isinstance(line, str):
+            expected.append(line)
+            continue
+        created, message, _ = line
+        record = logging.makeLogRecord(
+            {"name": "mail.log", "levelname": "INFO", "msg": message, "created": created}
+        )
+        record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+        expected.append(expected_formatter.format(record) + "\n")
+    assert logs._texts(pending, "\n") == expected
+
+
 def test_records_with_an_exception_are_formatted_as_logging_does() -> None:
     try:
         raise ValueError("boom")

@@ -32,6 +32,8 @@ __all__ = [
     "flush_logs",
 ]
 
+_time = time.time
+
 #: The logger and level of the event lines a handler may be given without their record.
 _NAME: Final = "mail.log"
 _INFO: Final = logging.INFO
@@ -190,15 +192,30 @@ class DeferredFlushHandler(_StreamHandler):
         message is ``message``, without the record (see :func:`_line_taker`): the time now and
         the message, made into the line when the batch is written. Without the lock: the line
         goes to the end of the queue at once, and whoever writes the queue holds the lock."""
-        formatter: CachedTimeFormatter = self.formatter  # type: ignore[assignment]
-        self._keep((time.time(), message, formatter), self.flush_level <= _INFO, message)
+        pending = self._pending
+        pending.append((_time(), message, self.formatter))  # type: ignore[arg-type]
+        self._last = message
+        # The usual case, a batch already due and nothing to write at once, in one test.
+        if (
+            not self._due
+            or len(pending) >= _MAX_PENDING
+            or self.flush_level <= _INFO
+            or self._closed
+            or _get_running_loop() is None
+        ):
+            self._settle(self.flush_level <= _INFO)
 
     def _keep(self, line: _Pending, urgent: bool, source: logging.LogRecord | str) -> None:
         """Keep ``line`` for the next batch, or write it now with those that wait (``urgent``,
         or see the class)."""
-        pending = self._pending
-        pending.append(line)
+        self._pending.append(line)
         self._last = source
+        self._settle(urgent)
+
+    def _settle(self, urgent: bool) -> None:
+        """After a line was added: write what waits now (``urgent``, or see the class), or have
+        the writer thread write it within ``delay``."""
+        pending = self._pending
         if urgent or len(pending) >= _MAX_PENDING or self._closed or _get_running_loop() is None:
             self.flush()
         elif not self._due:
@@ -299,29 +316,36 @@ def _texts(lines: list[_Pending], terminator: str) -> list[str]:
     """The texts of the lines that wait: a line taken without its record becomes what its
     formatter (a :class:`CachedTimeFormatter` of :data:`LOG_FORMAT`) makes of the record."""
     texts: list[str] = []
+    append = texts.append
     head = f" {logging.getLevelName(_INFO)} {_NAME}: "
-    last: tuple[float, CachedTimeFormatter, object] | None = None  # second, formatter, converter
+    # The second, formatter and converter that ``seconds`` (the second's text) is for; the
+    # usual line of a batch differs from the one before it only in its milliseconds.
+    last_second = -1.0
+    last_formatter: CachedTimeFormatter | None = None
+    last_converter: object = None
     seconds = ""
     for line in lines:
         if isinstance(line, str):
-            texts.append(line)
+            append(line)
             continue
         created, message, formatter = line
-        msecs = int((created - int(created)) * 1000)  # as a LogRecord's
-        if formatter.datefmt or formatter.default_msec_format != "%s,%03d" or not 0 <= msecs < 1000:
-            stamp = formatter._time(created, msecs + 0.0, formatter.datefmt)
-        else:  # the usual: the second's text (made once a second) and the milliseconds
-            second = created // 1
-            if (
-                last is None
-                or last[0] != second
-                or last[1] is not formatter
-                or last[2] is not formatter.converter
-            ):
+        second = created // 1
+        if (
+            second != last_second
+            or formatter is not last_formatter
+            or formatter.converter is not last_converter
+        ):
+            last_second, last_formatter = -1.0, None
+            if not formatter.datefmt and formatter.default_msec_format == "%s,%03d":
                 seconds = formatter._time(created, 0.0, None)[:-4]  # less ",000"
-                last = (second, formatter, formatter.converter)
-            stamp = seconds + _MILLISECONDS[msecs]
-        texts.append(f"{stamp}{head}{message}{terminator}")
+                last_second, last_formatter = second, formatter
+                last_converter = formatter.converter
+        msecs = int((created - second) * 1000)  # as a LogRecord's
+        if last_formatter is not None and msecs < 1000:
+            append(f"{seconds}{_MILLISECONDS[msecs]}{head}{message}{terminator}")
+        else:  # a format of the time of its own (or a float rounded up to the next second)
+            stamp = formatter._time(created, msecs + 0.0, formatter.datefmt)
+            append(f"{stamp}{head}{message}{terminator}")
     return texts
 
 
