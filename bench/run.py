@@ -48,6 +48,7 @@ import client  # noqa: E402
 ALL_SERVERS = ("typed", "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")
 #: typed_smtpd with INFO event lines to a log file and Prometheus metrics on (not run by default).
 OBSERVED = "typed-observed"
+CEILINGS = ("ceiling", "ceiling-buffered")
 BASELINE = "typed-base"  # typed_smtpd as of --baseline REV, from a temporary git worktree
 #: typed_smtpd on uvloop, beside the stock-asyncio one in the same run (``--uvloop`` moves every
 #: Python server to uvloop instead).
@@ -632,7 +633,7 @@ def summarise(
         own = (*ALL_SERVERS, *TYPED_VARIANTS, BASELINE, OBSERVED)
         rivals = [s for s in servers if s not in own]
         for subject, others in (
-            ("typed", (BASELINE, UVLOOP, "aiosmtpd", "ceiling", "ceiling-buffered", "smtp-sink")),
+            ("typed", (BASELINE, UVLOOP, OBSERVED, "aiosmtpd", *CEILINGS, "smtp-sink")),
             (UVLOOP, ("aiosmtpd",)),
             (COMPILED, ("typed", "aiosmtpd")),
             (COMPILED_UVLOOP, ("aiosmtpd",)),
@@ -733,6 +734,8 @@ def print_report(
 
 
 TARGETS: dict[str, float] = {"W1": 1.8, "W2": 5.0, "W3": 8.0, "W4": 3.0, "W6": 5.0}
+#: Event lines at INFO to a file and metrics served cost at most this much server CPU.
+OBSERVED_COST = 1.10
 CEILING_TARGET = 0.6
 W3_MB_PER_S = 300.0
 W5_RSS_TARGET = 0.5
@@ -754,6 +757,11 @@ def verdict(
         "goal_is_max": not higher,
         "met": met,
     }
+
+
+def work_kind(name: str) -> str:
+    """The kind of a workload (``messages``, ``churn``, ``idle``), by its name."""
+    return WORKLOADS[name].kind
 
 
 def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[str, Any]]:
@@ -797,6 +805,10 @@ def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[
             )
         if "ceiling" in block["servers"]:
             verdicts.append(verdict(block, "typed/ceiling", block["typed/ceiling"], CEILING_TARGET))
+        if OBSERVED in block["servers"] and work_kind(name) != "idle":
+            cost = block.get(f"cpu typed/{OBSERVED}")
+            what = f"server CPU {OBSERVED}/typed"
+            verdicts.append(verdict(block, what, cost, OBSERVED_COST, higher=False))
         verdicts += rival_verdicts(block)
     return verdicts
 
@@ -897,6 +909,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shrink every workload about 10x")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        metavar="N",
+        help="multiply the messages or connections of every workload by N (longer, steadier "
+        "runs: for ratios of a few percent); idle connections stay capped by the open-files limit",
+    )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. W1,W3")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per server (default 3)")
     parser.add_argument("--json", type=Path, help="also write every run and the summary here")
@@ -941,7 +961,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="one more server, started by COMMAND (split like a shell line) with {port} where "
         "its port goes; it must listen on 127.0.0.1:{port} (repeatable)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.scale < 1:
+        parser.error("--scale must be 1 or more")
+    return args
 
 
 def peer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -973,7 +996,8 @@ def peer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
-    """The requested workloads, shrunk for --quick and capped by the open-files limit."""
+    """The requested workloads, shrunk for --quick, grown by --scale and capped by the
+    open-files limit."""
     chosen: list[Workload] = []
     nofile = raise_nofile()
     for name in [n.strip().upper() for n in names.split(",") if n.strip()]:
@@ -982,6 +1006,8 @@ def select_workloads(args: argparse.Namespace, names: str) -> list[Workload]:
         work = WORKLOADS[name]
         if args.quick:
             work = replace(work, count=max(work.sessions, work.count // 10))
+        if args.scale != 1:
+            work = replace(work, count=work.count * args.scale)
         if work.kind == "idle" and work.count > nofile - IDLE_FD_MARGIN:
             capped = max(1, nofile - IDLE_FD_MARGIN)
             print(
@@ -1153,7 +1179,8 @@ def benchmark(
     print(
         f"typed_smtpd {machine['typed_smtpd']} vs aiosmtpd {machine['aiosmtpd']}, "
         f"Python {machine['python']} ({machine['loop']}), {machine['cpus']} CPUs, "
-        f"{args.repeat} rounds{' (quick)' if args.quick else ''}, "
+        f"{args.repeat} rounds{' (quick)' if args.quick else ''}"
+        f"{f' (scale {args.scale})' if args.scale != 1 else ''}, "
         f"{time.monotonic() - started:.0f} s, load average "
         f"{machine['load_average_start']:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     )
@@ -1175,6 +1202,7 @@ def benchmark(
         payload = {
             "machine": machine,
             "quick": args.quick,
+            "scale": args.scale,
             "rounds": args.repeat,
             "workloads": [asdict(w) for w in workloads],
             "runs": [asdict(r) for r in runs],

@@ -14,6 +14,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -99,14 +100,15 @@ def test_a_batch_of_lines_taken_without_records_reads_as_the_records_would(
     created = base
     for step in steps:
         created += step
-        pending.append((created, f"event {len(pending)}", formatter))
+        pending.append((created, formatter, str, (f"event {len(pending)}",)))
     pending.insert(len(pending) // 2, "a line made from its record\n")
     expected = []
     for line in pending:
         if isinstance(line, str):
             expected.append(line)
             continue
-        created, message, _ = line
+        created, _, build, args = line
+        message = build(*args)
         record = logging.makeLogRecord(
             {"name": "mail.log", "levelname": "INFO", "msg": message, "created": created}
         )
@@ -245,6 +247,57 @@ def test_the_writer_thread_writes_them_whatever_the_loop_does(
     assert wait_for(lambda: lines_of(path) == ["INFO last words"])
 
 
+class ThreadNoting(io.StringIO):
+    """A stream that notes the thread of each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.threads.append(threading.current_thread().name)
+        return super().write(text)
+
+
+def test_a_turning_loop_writes_its_batches_itself(logger: logging.Logger) -> None:
+    """The loop's timer writes each batch, ``delay`` after its first line; the thread, which
+    would cost a busy loop the interpreter lock, writes none of them."""
+    stream = ThreadNoting()
+    handler = DeferredFlushHandler(stream, delay=0.05)
+    handler.setFormatter(CachedTimeFormatter("%(message)s"))
+    logger.addHandler(handler)
+
+    async def main() -> list[int]:
+        seen = []
+        for batch in range(3):
+            for n in range(10):
+                logger.info("line %d.%d", batch, n)
+            assert stream.getvalue().count("\n") == batch * 10  # this batch waits ...
+            await asyncio.sleep(0.3)  # ... for the loop's timer
+            seen.append(stream.getvalue().count("\n"))
+        return seen
+
+    assert asyncio.run(main()) == [10, 20, 30]
+    assert stream.threads and set(stream.threads) == {threading.current_thread().name}
+
+
+def test_lines_of_a_loop_held_up_are_written_by_the_thread(logger: logging.Logger) -> None:
+    """A loop held up by a long call cannot write the batch: the thread does, within a
+    second or so."""
+    stream = ThreadNoting()
+    handler = DeferredFlushHandler(stream, delay=0.05)
+    handler.setFormatter(CachedTimeFormatter("%(message)s"))
+    logger.addHandler(handler)
+
+    async def main() -> str:
+        logger.info("before a blocking call")
+        assert wait_for(lambda: stream.getvalue() != "")  # the loop does not turn meanwhile
+        return stream.getvalue()
+
+    assert asyncio.run(main()) == "before a blocking call\n"
+    assert stream.threads == ["typed_smtpd log writer"]
+
+
 def test_at_exit_logging_writes_what_waits(tmp_path: Path) -> None:
     path = tmp_path / "mail.log"
     script = f"""
@@ -358,6 +411,29 @@ def test_a_stream_that_fails_is_reported_not_raised(
     assert "OSError: disk full" in capsys.readouterr().err
     logger.info("lost too")  # and the handler goes on
     assert "OSError: disk full" in capsys.readouterr().err
+
+
+def test_a_line_that_cannot_be_made_is_reported_not_raised(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = io.StringIO()
+    handler = DeferredFlushHandler(stream, delay=3600)
+    handler.setFormatter(CachedTimeFormatter(LOG_FORMAT))
+    logger.addHandler(handler)
+
+    def broken(value: int) -> str:
+        raise ValueError(f"no text for {value}")
+
+    async def main() -> None:
+        handler._take_line(broken, (42,))
+
+    asyncio.run(main())
+    flush_logs()
+    err = capsys.readouterr().err
+    assert "ValueError: no text for 42" in err
+    assert "broken(42,)" in err  # what the line was to be made of
+    logger.info("the next line")  # and the handler goes on
+    assert stream.getvalue().endswith("INFO " + logger.name + ": the next line\n")
 
 
 # --- the lines given without their records ----------------------------------------------------

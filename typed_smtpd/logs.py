@@ -1,7 +1,7 @@
 """Writing log lines for a busy server: what the command line installs, for any program.
 
-:func:`configure_logging` installs a :class:`DeferredFlushHandler` (lines written in batches by a
-thread of its own, at most 0.1 s late; warnings at once) with a :class:`CachedTimeFormatter` (the
+:func:`configure_logging` installs a :class:`DeferredFlushHandler` (lines written in batches by
+the event loop, 0.1 s late; warnings at once) with a :class:`CachedTimeFormatter` (the
 time made into text once a second) of :data:`LOG_FORMAT`: a fifth of what :mod:`logging` costs as
 most programs set it up, for the same text. :mod:`typed_smtpd.monitoring` writes the event lines
 through them (docs: "Logs, counters and metrics").
@@ -20,8 +20,8 @@ import time
 import weakref
 from asyncio import _get_running_loop
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, TextIO
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 __all__ = [
     "DEFAULT_LOG_DELAY",
@@ -46,6 +46,8 @@ LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_LOG_DELAY: Final = 0.1
 #: Lines a :class:`DeferredFlushHandler` holds at most before it writes them, whatever the time.
 _MAX_PENDING: Final = 512
+#: Seconds, at least, before the handler's thread writes lines that a loop left waiting.
+_BACKSTOP: Final = 1.0
 #: The bytes a write to a pipe puts in it whole (POSIX: at least 512; Linux: 4096).
 _PIPE_BUF: Final[int] = getattr(select, "PIPE_BUF", 512)
 
@@ -118,9 +120,10 @@ class CachedTimeFormatter(logging.Formatter):
 #: ``,000`` to ``,999``: what ``%s,%03d`` appends to the time.
 _MILLISECONDS: Final = tuple(f",{msecs:03d}" for msecs in range(1000))
 
-#: A line that waits: its text, or the time, message and formatter of a line taken without its
-#: record (made into text when written).
-_Pending = str | tuple[float, str, CachedTimeFormatter]
+#: A line that waits: its text, or, for a line taken without its record, the time, the
+#: formatter, and the function and arguments that make its message (all made into text when
+#: the batch is written).
+_Pending = str | tuple[float, CachedTimeFormatter, Callable[..., str], tuple[Any, ...]]
 
 #: Every DeferredFlushHandler alive, for flush_logs() and for a forked child.
 _DEFERRED: Final[weakref.WeakSet[DeferredFlushHandler]] = weakref.WeakSet()
@@ -131,17 +134,22 @@ class DeferredFlushHandler(_StreamHandler):
 
     :class:`logging.StreamHandler` (and :class:`logging.FileHandler`) writes and flushes each
     record as it comes, one ``write`` system call per line. This handler keeps the lines of the
-    records logged while an asyncio event loop runs in the logging thread, and a thread of its
-    own writes them, all at once, ``delay`` seconds (0.1 unless told) after the first of them:
-    one ``write`` for a hundred lines rather than a hundred.
+    records logged while an asyncio event loop runs in the logging thread, and writes them all
+    at once, from that loop, ``delay`` seconds (0.1 unless told) after the first of them: one
+    ``write`` for a hundred lines rather than a hundred.
 
-    Nothing is lost or reordered, and nothing waits longer than ``delay``, whatever the event
-    loop does (stopped, closed or busy). A record at ``flush_level`` or above (WARNING unless
-    told) is written at once, after those that wait; so is a record logged where no event loop
-    runs (a script, another thread, before or after :func:`asyncio.run`), and any record once
-    512 lines wait. :meth:`flush`, :meth:`close`, :func:`logging.shutdown` (which runs at exit)
-    and :func:`flush_logs` write what waits. A process that ends abruptly (``SIGKILL``,
-    :func:`os._exit`) loses at most the last ``delay`` seconds of lines.
+    Nothing is lost or reordered. While the loop turns, nothing waits longer than ``delay``;
+    if the loop stops, closes or is held up by a long call, a thread of the handler's writes
+    what waits within ``max(delay, 1)`` seconds. A record at ``flush_level`` or above (WARNING
+    unless told) is written at once, after those that wait; so is a record logged where no
+    event loop runs (a script, another thread, before or after :func:`asyncio.run`), and any
+    record once 512 lines wait. :meth:`flush`, :meth:`close`, :func:`logging.shutdown` (which
+    runs at exit) and :func:`flush_logs` write what waits. A process that ends abruptly
+    (``SIGKILL``, :func:`os._exit`) loses at most the lines of the last ``delay`` seconds.
+
+    (The loop, not the thread, writes the batches because that costs less: a thread that takes
+    the interpreter lock ten times a second from a busy event loop cost a server more than the
+    writing itself.)
 
     The lines go to ``stream`` (standard error by default), flushed after each batch. Where it
     is not a regular file (a pipe, a socket, a terminal, which the worker processes of a server
@@ -164,12 +172,13 @@ class DeferredFlushHandler(_StreamHandler):
         self.delay: float = delay
         # Appended to without the lock (deque.append is atomic); taken from under the lock.
         self._pending: deque[_Pending] = deque()
-        # The record (or the line given without it) a write error is reported with.
-        self._last: logging.LogRecord | str | None = None
-        self._due = False  # the writer is to write what waits
+        # The record of the last line given with one (a write error is reported with it).
+        self._last: logging.LogRecord | None = None
+        self._due = False  # a batch waits, and the loop will write it
+        self._armed = False  # the thread will write what still waits then
         self._closed = False
-        self._wake = threading.Event()  # set: a batch is due
-        self._closing = threading.Event()  # set: the writer thread is to end
+        self._wake = threading.Event()  # set: the thread is armed
+        self._closing = threading.Event()  # set: the thread is to end
         self._writer: threading.Thread | None = None
         self._sized: object = None  # the stream self._limit is for
         self._limit: int | None = None
@@ -187,14 +196,15 @@ class DeferredFlushHandler(_StreamHandler):
             return
         self._keep(line, record.levelno >= self.flush_level, record)
 
-    def _take_line(self, message: str) -> None:
+    def _take_line(self, build: Callable[..., str], args: tuple[Any, ...]) -> None:
         """Write what this handler's formatter makes of an INFO record of ``mail.log`` whose
-        message is ``message``, without the record (see :func:`_line_taker`): the time now and
-        the message, made into the line when the batch is written. Without the lock: the line
-        goes to the end of the queue at once, and whoever writes the queue holds the lock."""
+        message is ``build(*args)``, without the record (see
+        :func:`typed_smtpd.monitoring._line_taker`): the time now, and the rest made into text
+        when the batch is written, where making a hundred lines in a row costs less than making
+        each on its own. Without the lock: the line goes to the end of the queue at once, and
+        whoever writes the queue holds the lock."""
         pending = self._pending
-        pending.append((_time(), message, self.formatter))  # type: ignore[arg-type]
-        self._last = message
+        pending.append((_time(), self.formatter, build, args))  # type: ignore[arg-type]
         # The usual case, a batch already due and nothing to write at once, in one test.
         if (
             not self._due
@@ -205,7 +215,7 @@ class DeferredFlushHandler(_StreamHandler):
         ):
             self._settle(self.flush_level <= _INFO)
 
-    def _keep(self, line: _Pending, urgent: bool, source: logging.LogRecord | str) -> None:
+    def _keep(self, line: _Pending, urgent: bool, source: logging.LogRecord) -> None:
         """Keep ``line`` for the next batch, or write it now with those that wait (``urgent``,
         or see the class)."""
         self._pending.append(line)
@@ -213,23 +223,38 @@ class DeferredFlushHandler(_StreamHandler):
         self._settle(urgent)
 
     def _settle(self, urgent: bool) -> None:
-        """After a line was added: write what waits now (``urgent``, or see the class), or have
-        the writer thread write it within ``delay``."""
+        """After a line was added: write what waits now (``urgent``, or see the class), or
+        have the running loop write it within ``delay`` and the thread later if it does not."""
         pending = self._pending
-        if urgent or len(pending) >= _MAX_PENDING or self._closed or _get_running_loop() is None:
+        loop = _get_running_loop()
+        if urgent or len(pending) >= _MAX_PENDING or self._closed or loop is None:
             self.flush()
         elif not self._due:
-            self.acquire()
-            try:
-                self._due = True
-                if self._writer is None:
-                    self._writer = threading.Thread(
-                        target=self._write_batches, name="typed_smtpd log writer", daemon=True
-                    )
-                    self._writer.start()
-                self._wake.set()
-            finally:
-                self.release()
+            self._due = True
+            loop.call_later(self.delay, self._write_due)
+            if not self._armed:
+                self._arm()
+
+    def _write_due(self) -> None:
+        """The loop's timer: write the batch that is due (and those lines added since)."""
+        self._due = False
+        if self._pending:
+            self.flush()
+
+    def _arm(self) -> None:
+        """Have the thread write, ``max(delay, 1)`` seconds from now, what waits then (the
+        lines of a loop that stopped or was held up)."""
+        self.acquire()
+        try:
+            self._armed = True
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_batches, name="typed_smtpd log writer", daemon=True
+                )
+                self._writer.start()
+            self._wake.set()
+        finally:
+            self.release()
 
     def flush(self) -> None:
         """Write the lines that wait, then flush the stream."""
@@ -254,17 +279,16 @@ class DeferredFlushHandler(_StreamHandler):
             except RecursionError:
                 raise
             except Exception:
-                if isinstance(source, str):  # a line given without its record
+                last = lines[-1]
+                if source is None or not isinstance(last, str):  # given without its record
                     source = logging.makeLogRecord(
                         {
                             "name": _NAME,
                             "levelno": _INFO,
                             "levelname": logging.getLevelName(_INFO),
-                            "msg": source,
+                            "msg": last if isinstance(last, str) else _message(last),
                         }
                     )
-                if source is None:  # pragma: no cover - there is one whenever lines wait
-                    raise
                 self.handleError(source)
         finally:
             self.release()
@@ -286,16 +310,18 @@ class DeferredFlushHandler(_StreamHandler):
             self.release()
 
     def _write_batches(self) -> None:
-        """The writer thread: ``delay`` seconds after it is woken, write what waits."""
+        """The thread: ``max(delay, 1)`` seconds after it is armed, write what waits (what
+        the loop left, if it stopped or was held up); a turning loop leaves nothing."""
         wake, closing = self._wake, self._closing
         while True:
             wake.wait()
-            wake.clear()
-            if closing.wait(self.delay):  # closed (what waited is written): the thread ends
+            if closing.wait(max(self.delay, _BACKSTOP)):  # closed (what waited is written)
                 return
             self.acquire()
             try:
-                self._due = False
+                wake.clear()
+                self._armed = False
+                self._due = False  # a loop that still turns schedules the next batch
                 if self._pending:
                     self.flush()
             finally:
@@ -307,6 +333,7 @@ class DeferredFlushHandler(_StreamHandler):
         self._pending = deque()
         self._last = None
         self._due = False
+        self._armed = False
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._writer = None
@@ -328,7 +355,8 @@ def _texts(lines: list[_Pending], terminator: str) -> list[str]:
         if isinstance(line, str):
             append(line)
             continue
-        created, message, formatter = line
+        created, formatter, build, args = line
+        message = build(*args)
         second = created // 1
         if (
             second != last_second
@@ -347,6 +375,16 @@ def _texts(lines: list[_Pending], terminator: str) -> list[str]:
             stamp = formatter._time(created, msecs + 0.0, formatter.datefmt)
             append(f"{stamp}{head}{message}{terminator}")
     return texts
+
+
+def _message(line: tuple[float, CachedTimeFormatter, Callable[..., str], tuple[Any, ...]]) -> str:
+    """The message of a line taken without its record, for a report of an error in writing it
+    (which may be the error of making it)."""
+    _, _, build, args = line
+    try:
+        return build(*args)
+    except Exception:  # the report must go out
+        return f"{getattr(build, '__name__', build)}{args!r}"
 
 
 def _write_limit(stream: object) -> int | None:

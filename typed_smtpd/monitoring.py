@@ -192,6 +192,68 @@ def _reply_code(reply: Reply | bytes) -> int:
     return reply.code if isinstance(reply, Reply) else int(reply[:3])
 
 
+# The texts of the lines every connection writes. The monitor hands the function and the values
+# to the command line's handler, which makes the texts of a batch in a row, where the code and
+# data they use stay in the processor's caches (in-process, on W4's connections, the batches
+# made and wrote a connection's three lines for 7 us of CPU); or it makes the text at once, for
+# a record.
+
+
+def _connect_text(sid: str, client: str, proxy: str | None) -> str:
+    if proxy is None:
+        return f"{sid} connect client={client}"
+    return f"{sid} connect client={client} proxy={_field(proxy)}"
+
+
+def _message_text(
+    sid: str,
+    client: str,
+    number: int,
+    sender: str | None,
+    recipients: int,
+    size: int,
+    reply: Reply | bytes,
+    limit: str | None,
+) -> str:
+    """The line of a message: accepted (``number``, its number in the session, from 1) or
+    refused (``number`` 0)."""
+    shown = f"<{sender or ''}>"
+    if not _PLAIN.fullmatch(shown):
+        shown = _quote(shown)
+    quoted = _reply_texts(reply)[1]
+    if number:
+        line = (
+            f"{sid} accepted client={client} id={sid}.{number} from={shown}"
+            f" rcpts={recipients} size={size} reply={quoted}"
+        )
+    else:
+        line = (
+            f"{sid} refused client={client} from={shown} rcpts={recipients}"
+            f" size={size} reply={quoted}"
+        )
+    return line if limit is None else f"{line} limit={limit}"
+
+
+def _disconnect_text(
+    sid: str,
+    client: str,
+    seconds: float,
+    replies: int,
+    messages: int,
+    phase: str | None,
+    error: str | None,
+) -> str:
+    line = (
+        f"{sid} disconnect client={client} duration={seconds:.3f} replies={replies}"
+        f" messages={messages}"
+    )
+    if phase is not None:
+        line += f" vanished={phase}"
+    if error is not None:
+        line += f" error={_field(error)}"
+    return line
+
+
 class ConnectionMonitor:
     """The monitor of one connection: counts into its server's :class:`ServerStats` and
     writes the event lines. The adapter tells it what happens around the engine (the
@@ -377,44 +439,30 @@ class ConnectionMonitor:
         size: int,
         limit: str | None,
     ) -> None:
-        # The line of every message, written out here rather than through _emit: it is the
-        # line a busy server writes most.
+        # The line of every message: the line a busy server writes most.
         sid = self._sid or self.id
         client = self._client_text or self._client()
-        sender = f"<{envelope.mail_from}>" if envelope is not None else "<>"
-        text, quoted = _reply_texts(reply)
-        shown = sender if _PLAIN.fullmatch(sender) else _quote(sender)
-        message_id = f"{sid}.{self._messages}" if accepted else None
-        if accepted:
-            line = (
-                f"{sid} accepted client={client} id={message_id} from={shown}"
-                f" rcpts={recipients} size={size} reply={quoted}"
-            )
-        else:
-            line = (
-                f"{sid} refused client={client} from={shown} rcpts={recipients}"
-                f" size={size} reply={quoted}"
-            )
-        if limit is not None:
-            line += f" limit={limit}"
+        sender = envelope.mail_from if envelope is not None else None
+        number = self._messages if accepted else 0
+        args = (sid, client, number, sender, recipients, size, reply, limit)
         taker = _line_taker()
         if taker is not None:
-            taker._take_line(line)
+            taker._take_line(_message_text, args)
             return
         fields: dict[str, object] = {
             "smtp_event": "accepted" if accepted else "refused",
             "smtp_session": sid,
             "smtp_client": client,
-            "smtp_from": sender,
+            "smtp_from": f"<{sender or ''}>",
             "smtp_rcpts": recipients,
             "smtp_size": size,
-            "smtp_reply": text,
+            "smtp_reply": _reply_texts(reply)[0],
         }
-        if message_id is not None:
-            fields["smtp_id"] = message_id
+        if accepted:
+            fields["smtp_id"] = f"{sid}.{number}"
         if limit is not None:
             fields["smtp_limit"] = limit
-        _log_record(line, fields)
+        _log_record(_message_text(*args), fields)
 
     def hook_failed(self, error: Exception) -> None:
         self.stats.hook_errors += 1
@@ -438,7 +486,6 @@ class ConnectionMonitor:
     def _connect_line(self) -> None:
         sid = self._sid or self.id
         client = self._client_text or self._client()
-        line = f"{sid} connect client={client}"
         engine = self.engine
         session = engine.session if engine is not None else None
         data = session.proxy_data if session is not None else None
@@ -446,10 +493,9 @@ class ConnectionMonitor:
         if session is not None and data is not None and data.src_addr is not None:
             # Behind a PROXY proxy (not LOCAL, the proxy speaking for itself): its address too.
             proxy = format_peer(session.peer)
-            line += f" proxy={_field(proxy)}"
         taker = _line_taker()
         if taker is not None:
-            taker._take_line(line)
+            taker._take_line(_connect_text, (sid, client, proxy))
             return
         fields: dict[str, object] = {
             "smtp_event": "connect",
@@ -458,7 +504,7 @@ class ConnectionMonitor:
         }
         if proxy is not None:
             fields["smtp_proxy"] = proxy
-        _log_record(line, fields)
+        _log_record(_connect_text(sid, client, proxy), fields)
 
     def _disconnect_line(
         self,
@@ -468,36 +514,27 @@ class ConnectionMonitor:
     ) -> None:
         sid = self._sid or self.id
         client = self._client_text or self._client()
-        duration = f"{self._clock() - self._started:.3f}"
+        seconds = self._clock() - self._started
         replies = engine.final_replies if engine is not None else 0
-        messages = self._messages
-        line = (
-            f"{sid} disconnect client={client} duration={duration} replies={replies}"
-            f" messages={messages}"
-        )
-        if phase is not None:
-            line += f" vanished={phase}"
-        text = None
-        if error is not None:
-            text = str(error)
-            line += f" error={_field(text)}"
+        text = str(error) if error is not None else None
+        args = (sid, client, seconds, replies, self._messages, phase, text)
         taker = _line_taker()
         if taker is not None:
-            taker._take_line(line)
+            taker._take_line(_disconnect_text, args)
             return
         fields: dict[str, object] = {
             "smtp_event": "disconnect",
             "smtp_session": sid,
             "smtp_client": client,
-            "smtp_duration": duration,
+            "smtp_duration": f"{seconds:.3f}",
             "smtp_replies": replies,
-            "smtp_messages": messages,
+            "smtp_messages": self._messages,
         }
         if phase is not None:
             fields["smtp_vanished"] = phase
         if text is not None:
             fields["smtp_error"] = text
-        _log_record(line, fields)
+        _log_record(_disconnect_text(*args), fields)
 
     def _emit(self, event: str, client: str, **values: object) -> None:
         """Write the line of a less frequent event: ``values`` are its fields, in order (those
@@ -533,7 +570,7 @@ def _log(line: str, fields: dict[str, object]) -> None:
     would read the record, they get the line without it (see :func:`_line_taker`)."""
     taker = _line_taker()
     if taker is not None:
-        taker._take_line(line)
+        taker._take_line(str, (line,))
         return
     _log_record(line, fields)
 
