@@ -281,6 +281,20 @@ def test_a_turning_loop_writes_its_batches_itself(logger: logging.Logger) -> Non
     assert stream.threads and set(stream.threads) == {threading.current_thread().name}
 
 
+def test_a_loop_that_takes_no_timer_gets_its_lines_written_at_once(
+    logger: logging.Logger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Closing:
+        def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+            raise RuntimeError("Event loop is closed")
+
+    path = tmp_path / "mail.log"
+    logger.addHandler(file_handler(path, delay=3600))
+    monkeypatch.setattr(logs, "_get_running_loop", Closing)
+    logger.info("said while the loop closes")
+    assert lines_of(path) == ["INFO said while the loop closes"]
+
+
 def test_lines_of_a_loop_held_up_are_written_by_the_thread(logger: logging.Logger) -> None:
     """A loop held up by a long call cannot write the batch: the thread does, within a
     second or so."""

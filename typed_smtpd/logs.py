@@ -230,8 +230,12 @@ class DeferredFlushHandler(_StreamHandler):
         if urgent or len(pending) >= _MAX_PENDING or self._closed or loop is None:
             self.flush()
         elif not self._due:
+            try:
+                loop.call_later(self.delay, self._write_due)
+            except RuntimeError:  # a loop that cannot take a timer (closing): write now
+                self.flush()
+                return
             self._due = True
-            loop.call_later(self.delay, self._write_due)
             if not self._armed:
                 self._arm()
 
