@@ -18,7 +18,8 @@ formatted while INFO is off for ``mail.log``.
 
 The command line writes them with what :mod:`typed_smtpd.logs` offers every program, for a
 fifth of what :mod:`logging` costs as most programs set it up. While nothing else would see an
-event's record, the monitor gives that handler the line alone.
+event's record, the monitor gives that handler the line's values alone, and the handler makes
+the text with the rest of its batch.
 
 :class:`ServerStats` holds the counters of one listening server (its
 :class:`~typed_smtpd.smtp.ConnectionTracker`'s); :meth:`ServerStats.snapshot` gives a
@@ -593,7 +594,7 @@ def _line_taker() -> DeferredFlushHandler | None:
     made by the standard record factory of the standard logger class, with no logger filter in
     the way: what the command line configures. Nothing else would see the record, and the
     formatter would read only its time, level name, logger name and message, so the handler
-    writes the same text from the line alone, for a third of the cost. Any other handler,
+    writes the same text from the line's values alone, for a third of the cost. Any other handler,
     filter, formatter or factory (a JSON formatter reading the ``smtp_`` fields, pytest's
     ``caplog``) gets the records."""
     if type(log) is not logging.Logger or log.filters or log.disabled:
