@@ -759,11 +759,6 @@ def verdict(
     }
 
 
-def work_kind(name: str) -> str:
-    """The kind of a workload (``messages``, ``churn``, ``idle``), by its name."""
-    return WORKLOADS[name].kind
-
-
 def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[str, Any]]:
     """The issue's targets, judged on the smtp-source figures where there are any."""
     verdicts: list[dict[str, Any]] = []
@@ -805,7 +800,7 @@ def check_targets(summary: list[dict[str, Any]], wanted_idle: int) -> list[dict[
             )
         if "ceiling" in block["servers"]:
             verdicts.append(verdict(block, "typed/ceiling", block["typed/ceiling"], CEILING_TARGET))
-        if OBSERVED in block["servers"] and work_kind(name) != "idle":
+        if OBSERVED in block["servers"] and WORKLOADS[name].kind != "idle":
             cost = block.get(f"cpu typed/{OBSERVED}")
             what = f"server CPU {OBSERVED}/typed"
             verdicts.append(verdict(block, what, cost, OBSERVED_COST, higher=False))
