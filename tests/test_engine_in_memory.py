@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from typed_smtpd._connections import loop_clock
 from typed_smtpd.handlers import Sink
 from typed_smtpd.smtp import SMTP
 
@@ -230,3 +232,55 @@ def test_a_transport_that_fails_a_batched_write_does_not_keep_the_others_replies
 
     assert in_fresh_thread(main) == ("250 OK\r\n", True)
     assert "could not write its replies" in caplog.text
+
+
+# --- the clock --------------------------------------------------------------------------------
+
+
+class OffsetLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock runs ``offset`` seconds off ``time.monotonic()``."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def test_the_engine_reads_asyncios_clock_directly() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop_clock(loop) is time.monotonic
+        loop.time = lambda: 5.0  # type: ignore[method-assign]  # a test's fake clock
+        assert loop_clock(loop)() == 5.0
+    finally:
+        loop.close()
+    ahead = OffsetLoop(3600.0)
+    try:
+        assert loop_clock(ahead)() > time.monotonic() + 3000
+    finally:
+        ahead.close()
+
+
+def test_a_loop_with_a_clock_of_its_own_times_connections_by_it() -> None:
+    # The engine's deadlines are in the loop's time: were they taken from time.monotonic() on
+    # a loop an hour behind it, the idle timer would fire an hour late.
+    async def main() -> str:
+        server = SMTP(Sink(), hostname="clock.test", timeout=0.2)
+        transport = MemoryTransport()
+        server.connection_made(transport)
+        for _ in range(100):
+            if transport.closing:
+                break
+            await asyncio.sleep(0.05)
+        close(server, transport)
+        return transport.text()
+
+    loop = OffsetLoop(-3600.0)
+    try:
+        text = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert text.startswith("220 clock.test ")
+    assert text.endswith("\r\n421 Error: timeout exceeded\r\n")

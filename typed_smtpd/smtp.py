@@ -26,6 +26,7 @@ from typed_smtpd._connections import (
     HIGH_WATER,
     TLS_HANDSHAKE_TIMEOUT,
     ConnectionTracker,
+    loop_clock,
     read_buffer,
     tls_info,
     unsent,
@@ -303,12 +304,13 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         tracker = self.connection_tracker
         stats = tracker.stats if tracker is not None else self._server.stats
         clients = tracker.clients if tracker is not None else None
-        monitor = self._monitor = ConnectionMonitor(stats, loop.time, clients)
+        clock = loop_clock(loop)
+        monitor = self._monitor = ConnectionMonitor(stats, clock, clients)
         engine = monitor.engine = self._engine = ServerEngine(
             self._server.config,
             new_session=self._create_session,
             new_envelope=self._create_envelope,
-            clock=loop.time,
+            clock=clock,
             tls=tls,
             peer=peer,
             peer_host=peer[0] if isinstance(peer, tuple) and peer else None,

@@ -2153,6 +2153,8 @@ _LIMITS: Final[dict[Reply, str]] = {
 
 
 def _limit_of(reply: Reply) -> str | None:
+    if reply.code < 400:  # every limit refuses: an accepted message's reply is not hashed
+        return None
     limit = _LIMITS.get(reply)
     if limit is None and reply.code == 421 and reply.text.endswith(" sent too many times"):
         return "calls"  # R.call_limit_exceeded()
