@@ -561,7 +561,7 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         SMTPUTF8 is enabled; a line holding CR or LF is refused with :class:`ValueError`."""
         if isinstance(status, str):
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-        if b"\r" in status or b"\n" in status:
+        if 13 in status or 10 in status:  # CR, LF (integer needles: no exception inside)
             raise ValueError("a reply line must not contain CR or LF")
         self.engine.send_line(status + b"\r\n")
         # Written now, not batched: hooks written for aiosmtpd may close the transport next.

@@ -322,9 +322,9 @@ class Receiver:
             del buf[:size]
             if self.policy == "reject":
                 return BadLine(BAD_LINE_ENDING)
-        if b"\x00" in raw:
+        if 0 in raw:  # as an integer: a bytes needle costs a raised and cleared TypeError
             return BadLine(NUL_IN_COMMAND)
-        if b"\r" in raw:
+        if 13 in raw:
             if self.policy == "reject":
                 return BadLine(BAD_LINE_ENDING)
             # A command never carries a CR on to the hooks, whatever the content policy.
