@@ -16,10 +16,12 @@ import time
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from typed_smtpd._connections import loop_clock
 from typed_smtpd.handlers import Sink
+from typed_smtpd.session import Envelope, Session
 from typed_smtpd.smtp import SMTP
 
 
@@ -284,3 +286,105 @@ def test_a_loop_with_a_clock_of_its_own_times_connections_by_it() -> None:
         loop.close()
     assert text.startswith("220 clock.test ")
     assert text.endswith("\r\n421 Error: timeout exceeded\r\n")
+
+
+# --- envelopes ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class TaggedEnvelope(Envelope):
+    """A subclass's own envelope class, with a field of its own."""
+
+    tag: str = "tagged"
+
+
+class EnvelopeCounting(SMTP):
+    """Makes its envelopes itself, and keeps each one it made."""
+
+    made: list[Envelope]
+
+    def _create_envelope(self) -> Envelope:
+        envelope = TaggedEnvelope()
+        self.made.append(envelope)
+        return envelope
+
+
+class EnvelopeSeer:
+    """Keeps the envelope each hook is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Envelope]] = []
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.seen.append(("MAIL", envelope))
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.seen.append(("DATA", envelope))
+        return "250 OK"
+
+
+def counting(handler: object) -> tuple[EnvelopeCounting, MemoryTransport]:
+    server = EnvelopeCounting(handler, hostname="envelope.test")
+    server.made = []
+    transport = MemoryTransport()
+    server.connection_made(transport)
+    return server, transport
+
+
+def test_a_connection_without_a_transaction_makes_no_envelope() -> None:
+    async def main() -> None:
+        server, transport = counting(Sink())
+        server.data_received(b"EHLO client.test\r\nNOOP\r\nRSET\r\nHELO again.test\r\n")
+        await asyncio.sleep(0)
+        assert transport.text().endswith("250 2.0.0 OK\r\n250 2.0.0 OK\r\n250 envelope.test\r\n")
+        assert server.made == []  # an idle connection holds no envelope
+        server.data_received(b"QUIT\r\n")
+        assert server.made == []
+        close(server, transport)
+
+    in_fresh_thread(main)
+
+
+def test_a_transaction_has_one_envelope_from_the_subclass_and_the_next_a_new_one() -> None:
+    async def main() -> None:
+        seer = EnvelopeSeer()
+        server, transport = counting(seer)
+        server.data_received(b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        server.data_received(b"RCPT TO:<b@example.test>\r\nDATA\r\n")
+        server.data_received(b"Subject: one\r\n\r\nbody\r\n.\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert transport.text().endswith("354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n")
+        (mail, first), (data, same) = seer.seen
+        assert (mail, data) == ("MAIL", "DATA")
+        assert first is same and server.made == [first]
+        assert isinstance(first, TaggedEnvelope) and first.rcpt_tos == ["b@example.test"]
+        # After the message: a new envelope, made when asked for, the same at each asking.
+        assert server.envelope is not first and server.envelope is server.envelope
+        assert server.made == [first, server.envelope]
+        close(server, transport)
+
+    in_fresh_thread(main)
+
+
+def test_an_instances_own_envelope_maker_is_used() -> None:
+    async def main() -> None:
+        server = SMTP(Sink(), hostname="envelope.test")
+        server._create_envelope = TaggedEnvelope  # type: ignore[method-assign]
+        transport = MemoryTransport()
+        server.connection_made(transport)
+        server.data_received(b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\n")
+        assert isinstance(server.envelope, TaggedEnvelope)
+        assert server.envelope.mail_from == "a@example.test"
+        plain = SMTP(Sink(), hostname="envelope.test")
+        plain.connection_made(MemoryTransport())
+        assert type(plain.envelope) is Envelope
+        close(server, transport)
+
+    in_fresh_thread(main)

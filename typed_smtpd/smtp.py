@@ -289,7 +289,8 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         return Session(loop=self.loop)
 
     def _create_envelope(self) -> Envelope:
-        """Make the :class:`Envelope` of a new transaction (override for a subclass of it)."""
+        """Make the :class:`Envelope` of a new transaction (override for a subclass of it);
+        called when the transaction's envelope is first asked for."""
         return Envelope()
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
@@ -306,10 +307,16 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         clients = tracker.clients if tracker is not None else None
         clock = loop_clock(loop)
         monitor = self._monitor = ConnectionMonitor(stats, clock, clients)
+        # The engine keeps its envelope factory for the connection's life: the class itself
+        # unless a subclass or the instance replaces _create_envelope (a bound method per
+        # connection is 64 bytes of every idle one).
+        make_envelope = self._create_envelope
+        if getattr(make_envelope, "__func__", None) is SMTP._create_envelope:
+            make_envelope = Envelope
         engine = monitor.engine = self._engine = ServerEngine(
             self._server.config,
             new_session=self._create_session,
-            new_envelope=self._create_envelope,
+            new_envelope=make_envelope,
             clock=clock,
             tls=tls,
             peer=peer,

@@ -543,6 +543,7 @@ class ServerEngine(Generic[S, E]):
         "_call_counts",
         "_clock",
         "_enhanced_codes",
+        "_envelope",
         "_eof",
         "_expect",
         "_fresh",
@@ -551,7 +552,6 @@ class ServerEngine(Generic[S, E]):
         "_message_open",
         "_message_size",
         "_new_envelope",
-        "_new_session",
         "_out",
         "_partial_since",
         "_peer_host",
@@ -564,7 +564,6 @@ class ServerEngine(Generic[S, E]):
         "_verb",
         "closed",
         "config",
-        "envelope",
         "final_replies",
         "hard_deadline",
         "monitor",
@@ -589,13 +588,12 @@ class ServerEngine(Generic[S, E]):
         self.config: EngineConfig = config
         #: Told of each event an operator counts or logs.
         self.monitor: Monitor = monitor
-        self._new_session = new_session
         self._new_envelope = new_envelope
         self._clock = clock
         #: The session object (replaced by a new one after STARTTLS).
         self.session: S = new_session()
-        #: The envelope of the transaction in progress (replaced after each message and RSET).
-        self.envelope: E = new_envelope()
+        # Made when first asked for (see the envelope property): an idle connection holds none.
+        self._envelope: E | None = None
         #: Where the dialog stands; only the transition table moves it.
         self.state: State = State.GREETED
         #: Whether the connection is encrypted (implicit TLS, or after STARTTLS).
@@ -626,7 +624,7 @@ class ServerEngine(Generic[S, E]):
         self._bogus = 0
         self._auth_failures = 0
         self._call_counts: Counter[str] | None = None if config.call_limits is None else Counter()
-        self._bdat_chunks: list[bytes] = []
+        self._bdat_chunks: list[bytes] | None = None  # made by the first BDAT chunk kept
         self._bdat_size = 0
         self._stream: ContentStream | None = None
         self._verb: str | None = None  # the command being answered
@@ -641,6 +639,20 @@ class ServerEngine(Generic[S, E]):
         self._partial_since: float | None = None
         #: The deadline of the DATA, BDAT or PROXY phase in progress, if any.
         self.hard_deadline: float | None = None
+
+    @property
+    def envelope(self) -> E:
+        """The envelope of the transaction in progress: a new one after each message and RSET,
+        made by ``new_envelope`` when first asked for (so a connection that sits idle, or only
+        greets and leaves, makes none)."""
+        envelope = self._envelope
+        if envelope is None:
+            envelope = self._envelope = self._new_envelope()
+        return envelope
+
+    @envelope.setter
+    def envelope(self, value: E) -> None:
+        self._envelope = value
 
     # --- the adapter's interface ----------------------------------------------------------------
 
@@ -1213,9 +1225,8 @@ class ServerEngine(Generic[S, E]):
         self.state = TRANSITIONS[self.state, verb]
 
     def _reset_transaction(self) -> None:
-        self.envelope = self._new_envelope()
-        if self._bdat_chunks:
-            self._bdat_chunks = []
+        self._envelope = None  # the next one is made when asked for
+        self._bdat_chunks = None
         self._bdat_size = 0
         if self.state is not State.GREETED:
             self.state = State.READY
@@ -1666,13 +1677,16 @@ class ServerEngine(Generic[S, E]):
             else:
                 self.reply(refusal)
             return None
-        self._bdat_chunks.append(event.data)
+        chunks = self._bdat_chunks
+        if chunks is None:
+            chunks = self._bdat_chunks = []
+        chunks.append(event.data)
         self._bdat_size += size
         if verb is Verb.BDAT:
             self.reply(R.chunk_received(size))
             self._accepted(verb)
             return None
-        raw = b"".join(self._bdat_chunks)
+        raw = b"".join(chunks)
         binary = self.envelope.body == "BINARYMIME"
         limits = self.config.limits
         content = process_content(
