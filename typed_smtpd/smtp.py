@@ -289,8 +289,8 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         return Session(loop=self.loop)
 
     def _create_envelope(self) -> Envelope:
-        """Make the :class:`Envelope` of a new transaction (override for a subclass of it);
-        called when the transaction's envelope is first asked for."""
+        """Make the :class:`Envelope` of a transaction when first asked for (override for a
+        subclass of it)."""
         return Envelope()
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
@@ -307,16 +307,12 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         clients = tracker.clients if tracker is not None else None
         clock = loop_clock(loop)
         monitor = self._monitor = ConnectionMonitor(stats, clock, clients)
-        # The engine keeps its envelope factory for the connection's life: the class itself
-        # unless a subclass or the instance replaces _create_envelope (a bound method per
-        # connection is 64 bytes of every idle one).
-        make_envelope = self._create_envelope
-        if getattr(make_envelope, "__func__", None) is SMTP._create_envelope:
-            make_envelope = Envelope
+        make = self._create_envelope  # the class itself unless replaced: no bound method kept
+        make = Envelope if getattr(make, "__func__", None) is SMTP._create_envelope else make
         engine = monitor.engine = self._engine = ServerEngine(
             self._server.config,
             new_session=self._create_session,
-            new_envelope=make_envelope,
+            new_envelope=make,
             clock=clock,
             tls=tls,
             peer=peer,
@@ -342,12 +338,10 @@ class SMTP(BuiltinCommands, asyncio.BufferedProtocol):
         self.flush()  # the greeting goes at once, never batched
         self._arm_timer()
 
-    # The event loop reads straight into a buffer shared by the connections of its thread
-    # (get_buffer() and buffer_updated() are always called back to back), so a read neither
-    # allocates a fresh bytes object per recv() nor holds a buffer per idle connection.
-
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the event loop reads the next bytes to (shared by the thread's connections)."""
+        """Where the event loop reads the next bytes to: a buffer shared by the thread's
+        connections (this call and buffer_updated() come back to back), so that a read makes no
+        bytes object and an idle connection holds no buffer."""
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
